@@ -1,0 +1,1 @@
+"""Cross-tokenizer KD baselines, one file per method, each registered by name."""

@@ -1,0 +1,217 @@
+"""Benchmark data: validated loading of the shipped JSONL sets, UnNI fetching, and tokenisation.
+
+Records follow the MiniLLM / DSKD format: ``prompt`` (Alpaca template already applied) and ``output``
+(a string, or a non-empty list of reference strings for S-NI / UnNI). Every loader here validates every
+record and fails with the file, the line number and the field.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+ASSETS = Path(str(resources.files("dwakd") / "assets"))
+SHIPPED_DATA = ASSETS / "data"
+
+
+class DataError(ValueError):
+    """A data file is malformed; the message names the file, the line and the field."""
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if str(path).endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def validate_record(rec: object, where: str) -> dict:
+    """Check one record; return it with ``output`` normalised to a list of references.
+
+    ``where`` is ``"file:line"`` and starts every error message.
+    """
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    if "prompt" not in rec:
+        raise DataError(f"{where}: field 'prompt' is missing")
+    if not isinstance(rec["prompt"], str):
+        raise DataError(f"{where}: field 'prompt' must be a string, got {type(rec['prompt']).__name__}")
+    if not rec["prompt"].strip():
+        raise DataError(f"{where}: field 'prompt' is empty")
+    if "output" not in rec:
+        raise DataError(f"{where}: field 'output' is missing")
+    out = rec["output"]
+    if isinstance(out, str):
+        refs = [out]
+    elif isinstance(out, list):
+        if not out:
+            raise DataError(f"{where}: field 'output' is an empty list; expected at least one reference")
+        for k, r in enumerate(out):
+            if not isinstance(r, str):
+                raise DataError(f"{where}: field 'output[{k}]' must be a string, got {type(r).__name__}")
+        refs = list(out)
+    else:
+        raise DataError(
+            f"{where}: field 'output' must be a string or a list of strings, got {type(out).__name__}"
+        )
+    if not any(r.strip() for r in refs):
+        raise DataError(f"{where}: field 'output' is empty")
+    return {**rec, "output": refs}
+
+
+def load_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read and validate a ``.jsonl`` or ``.jsonl.gz`` file; ``output`` becomes a list of references."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    records = []
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            records.append(validate_record(rec, where))
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> None:
+    """Write records atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksums(directory: Path, sums_file: str = "SHA256SUMS") -> None:
+    """Check every file listed in ``directory/SHA256SUMS`` (``sha256sum`` format)."""
+    sums = directory / sums_file
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, name = line.split(maxsplit=1)
+        name = name.lstrip("*")
+        f = directory / name
+        if not f.exists():
+            raise DataError(f"{f}: listed in {sums} but missing")
+        got = sha256_file(f)
+        if got != digest:
+            raise DataError(f"{f}: sha256 {got} does not match {digest} in {sums}")
+
+
+_PROMPT_PARTS = re.compile(
+    r"### Instruction:\n(?P<instruction>.*?)\n\n(?:### Input:\n(?P<input>.*?)\n\n)?### Response:", re.S
+)
+
+
+def copy_baseline(prompt: str) -> str:
+    """The trivial "copy the instruction and input" answer read from an Alpaca-template prompt."""
+    m = _PROMPT_PARTS.search(prompt)
+    if m is None:
+        return prompt
+    return " ".join(p for p in (m.group("instruction"), m.group("input")) if p)
+
+
+# --------------------------------------------------------------------------------------- UnNI
+
+
+def _ref_words(refs: list[str]) -> int:
+    return min(len(r.split()) for r in refs)
+
+
+def select_unni(records: list[dict], min_ref_words: int = 11, limit: int = 10_000) -> list[dict]:
+    """UnNI evaluation subset (MiniLLM ``uinst/11_``): references of >= ``min_ref_words`` words, first ``limit``."""
+    return [r for r in records if _ref_words(r["output"]) >= min_ref_words][:limit]
+
+
+def fetch_unni(out: Path, *, repo_id: str, filename: str, revision: str, min_ref_words: int, limit: int,
+               cache_dir: Path, source: str | None = None) -> Path:
+    """Fetch UnNI from the Hugging Face hub (or ``source``, a local file), select, write and checksum it.
+
+    The selected file is cached at ``cache_dir/unni.jsonl`` with a ``.sha256`` beside it; a later call
+    verifies the cache instead of downloading again. Without a network the error says what to do.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached = cache_dir / "unni.jsonl"
+    digest_file = cache_dir / "unni.jsonl.sha256"
+    if cached.exists() and digest_file.exists():
+        if sha256_file(cached) != digest_file.read_text().split()[0]:
+            raise DataError(f"{cached}: checksum does not match {digest_file}; delete both to fetch again")
+    else:
+        if source is None:
+            try:
+                from huggingface_hub import hf_hub_download
+
+                source = hf_hub_download(repo_id=repo_id, filename=filename, revision=revision,
+                                         repo_type="dataset")
+            except Exception as e:  # network errors come in many classes
+                raise DataError(
+                    f"UnNI: could not download {repo_id}/{filename}@{revision} from the Hugging Face hub "
+                    f"({type(e).__name__}: {e}). UnNI needs a network once; or pass a local copy of "
+                    f"uinst/11_/valid.jsonl with `dwakd data --unni-source FILE`, or remove 'unni' from "
+                    f"the profile's eval_sets."
+                ) from None
+        records = select_unni(load_jsonl(source), min_ref_words, limit)
+        write_jsonl(records, cached)
+        digest_file.write_text(f"{sha256_file(cached)}  unni.jsonl\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(load_jsonl(cached), out)
+    return out
+
+
+# ------------------------------------------------------------------------------------ prepare
+
+
+def prepare_set(name: str, spec: dict, out: Path, limit: int | None, data_dir: Path = SHIPPED_DATA) -> int:
+    """Validate one shipped set, keep its first ``limit`` records, write ``out`` with ids. Returns the count."""
+    records = load_jsonl(data_dir / spec["file"])
+    if limit is not None:
+        records = records[:limit]
+    write_jsonl(({"id": f"{name}-{i}", "prompt": r["prompt"], "output": r["output"]}
+                 for i, r in enumerate(records)), out)
+    return len(records)
+
+
+# --------------------------------------------------------------------------------- tokenising
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One sample tokenised for causal-LM training: ``labels`` are -100 on the prompt."""
+
+    input_ids: list[int]
+    labels: list[int]
+    prompt_len: int
+
+
+def encode_sample(tokenizer, prompt: str, output: str, max_prompt_len: int, max_len: int) -> Encoded:
+    """MiniLLM / DSKD tokenisation: prompt without special tokens truncated to ``max_prompt_len``;
+    output + EOS; concatenated and truncated to ``max_len``; labels -100 on the prompt."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"][:max_prompt_len]
+    o = tokenizer(output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (p + o)[:max_len]
+    labels = ([-100] * len(p) + o)[:max_len]
+    return Encoded(ids, labels, len(p))

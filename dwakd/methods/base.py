@@ -1,0 +1,73 @@
+"""The method contract: every distillation method is one small class built on ``Method``.
+
+A method declares its ``Config`` (a dataclass whose defaults are the paper's, each with its source), a
+citation, which model outputs it needs, creates its trainable parts (projectors, discriminators) in
+``__init__``, and computes ``loss(batch, student_out, teacher_out)``. The training loop runs each model's
+forward once per step and hands the outputs over; the method never calls a model itself.
+
+``loss`` returns the **token-summed** loss and a dict of token-summed terms; the loop divides both by the
+number of response tokens in the whole (accumulated, all-process) batch, so every term is a per-token mean
+over the global batch (DSKD's normalisation) and gradient accumulation / data parallelism leave it unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from dwakd.models import LMOutput
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the option and what was expected."""
+
+
+def build_config(cls: type, overrides: dict[str, Any] | None, where: str) -> Any:
+    """Instantiate the dataclass ``cls`` from ``overrides``; unknown keys and wrong types name the key."""
+    overrides = dict(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; {cls.__name__} accepts {sorted(fields)}")
+    for k, v in overrides.items():
+        default = fields[k].default
+        if default is not dataclasses.MISSING and default is not None and v is not None:
+            ok = isinstance(v, type(default)) or (isinstance(default, float) and isinstance(v, int)
+                                                   and not isinstance(v, bool))
+            if not ok:
+                raise ConfigError(f"{where}.{k}: expected {type(default).__name__}, got {v!r}")
+            if isinstance(default, float):
+                overrides[k] = float(v)
+    cfg = cls(**overrides)
+    if hasattr(cfg, "validate"):
+        cfg.validate(where)
+    return cfg
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set the class attributes and implement ``loss``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    citation: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = False
+    #: which of ``LMOutput``'s optional fields ("hidden", "embeds") each side needs
+    student_outputs: ClassVar[frozenset[str]] = frozenset()
+    teacher_outputs: ClassVar[frozenset[str]] = frozenset()
+    #: does the method read the teacher's tokenisation of each sample (cross-tokenizer batches)?
+    needs_teacher_tokens: ClassVar[bool] = False
+
+    def __init__(self, cfg, student: nn.Module, teacher: nn.Module | None = None,
+                 student_tokenizer=None, teacher_tokenizer=None):
+        super().__init__()
+        self.cfg = cfg
+
+    def loss(self, batch: dict, student_out: LMOutput, teacher_out: LMOutput | None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def on_step(self, progress: float) -> None:
+        """Called before each optimiser step with the training progress in [0, 1] (for schedules)."""
