@@ -54,21 +54,51 @@ def finetune(model_dir: Path, records: list[dict], train_over: dict, out_dir: Pa
     return out_dir / "model"
 
 
-def ship(teacher_dir: Path, student_dir: Path, dest: Path, card: str) -> None:
+MODEL_CARD = """# The embedded ("mini") pair
+
+Made by dwakd from scratch on Dolly train (databricks-dolly-15k, CC BY-SA 3.0, MiniLLM processing), on CPU.
+Weights are stored in bf16 and loaded as fp32.
+
+| role | architecture | parameters | tokenizer |
+|---|---|---|---|
+| teacher | {teacher_arch} | {teacher_params:,} | byte-level BPE, {teacher_vocab} tokens (`Ġ` marker) |
+| student base | {student_arch} | {student_params:,} | SentencePiece-style BPE with byte fallback, {student_vocab} tokens (`▁` marker) |
+
+Recipe (config/config.yaml, `pairs.<pair>.build`):
+- student base: pre-trained from random initialisation on prompt + response text, packed blocks;
+- teacher: pre-trained the same way, then fine-tuned on responses (SFT).
+
+```
+{build}
+```
+
+Rebuild: `snakemake --cores all --config rebuild_models=true -- ship`, then replace `dwakd/assets/<pair>/`
+with the folder it writes. Check: `sha256sum -c SHA256SUMS` inside the folder.
+
+Intended use: a small, fast, download-free pair for testing cross-tokenizer distillation code and for the
+suite's default run. Not a useful language model.
+"""
+
+
+def ship(teacher_dir: Path, student_dir: Path, dest: Path, card: str, pair: dict) -> None:
     """Store a built pair in ``dest`` (bf16 safetensors + tokenizers), with SHA256SUMS and a model card."""
+    import yaml
+
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists; remove it first to replace it")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    sizes = {}
+    info = {}
     for role, src in (("teacher", teacher_dir), ("student", student_dir)):
         m = load_model(src).to(torch.bfloat16)
         m.save_pretrained(tmp / role)
-        load_tokenizer(src).save_pretrained(tmp / role)
-        sizes[role] = count_parameters(m)
-    (tmp / "MODEL_CARD.md").write_text(card.format(**{f"{k}_params": v for k, v in sizes.items()}))
+        tok = load_tokenizer(src)
+        tok.save_pretrained(tmp / role)
+        info.update({f"{role}_params": count_parameters(m), f"{role}_arch": m.config.model_type,
+                     f"{role}_vocab": len(tok)})
+    (tmp / "MODEL_CARD.md").write_text(card.format(build=yaml.safe_dump(pair.get("build", {})), **info))
+    (tmp / "sizes.json").write_text(json.dumps(info, indent=2))
     lines = [f"{sha256_file(f)}  {f.relative_to(tmp)}" for f in sorted(tmp.rglob("*"))
              if f.is_file() and f.name != "SHA256SUMS"]
     (tmp / "SHA256SUMS").write_text("\n".join(lines) + "\n")
-    (tmp / "sizes.json").write_text(json.dumps(sizes))
-    if dest.exists():
-        raise FileExistsError(f"{dest} exists; remove it first to replace the shipped pair")
     os.replace(tmp, dest)

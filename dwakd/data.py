@@ -18,12 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
+from dwakd.errors import DataError
+
 ASSETS = Path(str(resources.files("dwakd") / "assets"))
 SHIPPED_DATA = ASSETS / "data"
-
-
-class DataError(ValueError):
-    """A data file is malformed; the message names the file, the line and the field."""
 
 
 def _open_text(path: Path) -> io.TextIOBase:

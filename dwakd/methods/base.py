@@ -18,11 +18,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dwakd.errors import ConfigError
 from dwakd.models import LMOutput
 
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the option and what was expected."""
+__all__ = ["ConfigError", "Method", "build_config"]
 
 
 def build_config(cls: type, overrides: dict[str, Any] | None, where: str) -> Any:

@@ -1,0 +1,24 @@
+# dwakd workflow: data -> tokenizers -> teacher / student base -> distillation runs -> evaluation -> tables.
+# `snakemake --cores all` runs the profile named in config/config.yaml (`--config profile=NAME` for another).
+# The Snakefile reads YAML only (no torch), so a dry run costs no more than Snakemake's start-up.
+
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.report.output,

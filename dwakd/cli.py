@@ -1,0 +1,359 @@
+"""``dwakd`` command line: one subcommand per workflow rule, so any job can be rerun by hand.
+
+    dwakd data        validate the shipped sets and write the profile's train/dev/eval files (UnNI: fetch)
+    dwakd tokenizers  train the pair's two tokenizers
+    dwakd models      check and unpack the shipped teacher and student base
+    dwakd pretrain    build a model from scratch (pre-training, teacher SFT)
+    dwakd train       distil (or fine-tune) a student with a configured run
+    dwakd eval        sampled ROUGE-L over seeds and bits per byte of one model on one set
+    dwakd report      tables of runs × sets (Markdown, CSV, LaTeX)
+    dwakd ship        store a built pair in dwakd/assets (maintainers)
+
+Every command takes ``--config FILE`` (repeatable; later files win) and ``--set KEY.PATH=VALUE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from dwakd import config as C
+from dwakd.data import ASSETS, SHIPPED_DATA, DataError, load_jsonl, verify_checksums
+
+
+def _cfg(args) -> dict:
+    return C.load(args.config or None, C.parse_set(args.set))
+
+
+def _threads(n: int) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def cmd_data(args) -> None:
+    from dwakd.data import fetch_unni, prepare_set
+
+    cfg = _cfg(args)
+    prof, ds = C.profile(cfg), cfg["datasets"]
+    out = Path(args.out)
+    if args.only == "train_all":  # the pair's build data: every Dolly training record
+        n = prepare_set("train", ds["dolly_train"], out, None)
+        print(json.dumps({"train_all": n}))
+        return
+    if args.only == "unni":
+        spec = ds["unni"]
+        fetch_unni(out / "unni.jsonl", repo_id=spec["hub"], filename=spec["hub_file"], revision=spec["revision"],
+                   min_ref_words=spec.get("min_ref_words", 11), limit=spec.get("limit", 10_000),
+                   cache_dir=Path(args.cache or out / "cache"), source=args.unni_source)
+        _limit_file(out / "unni.jsonl", prof["eval"].get("limit", 0))
+        return
+    verify_checksums(SHIPPED_DATA)
+    counts = {
+        "train": prepare_set("train", ds["dolly_train"], out / "train.jsonl", prof.get("train_limit") or None),
+        "dev": prepare_set("dev", ds["dolly_dev"], out / "dev.jsonl", prof.get("dev_limit") or None),
+    }
+    for s in prof["eval"]["sets"]:
+        if s != "unni":
+            counts[s] = prepare_set(s, ds[s], out / f"{s}.jsonl", prof["eval"].get("limit") or None)
+    print(json.dumps(counts))
+
+
+def _limit_file(path: Path, limit: int) -> None:
+    from dwakd.data import write_jsonl
+
+    if limit:
+        write_jsonl(load_jsonl(path)[:limit], path)
+
+
+# ------------------------------------------------------------------------------ tokenizers
+
+
+def cmd_tokenizers(args) -> None:
+    from dwakd.tokenization import train_pair
+
+    cfg = _cfg(args)
+    tk = C.pair(cfg)["tokenizers"]
+    records = load_jsonl(SHIPPED_DATA / cfg["datasets"]["dolly_train"]["file"])
+    if tk.get("limit"):
+        records = records[: tk["limit"]]
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    train_pair(records, tmp, tk["teacher_vocab"], tk["student_vocab"])
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def same_vocab(a: Path, b: Path) -> bool:
+    from dwakd.models import load_tokenizer
+
+    return load_tokenizer(a).get_vocab() == load_tokenizer(b).get_vocab()
+
+
+def cmd_models(args) -> None:
+    """Unpack the shipped pair after checking its checksums and that its tokenizers equal the trained ones,
+    or (``--teacher/--student``) assemble a pair built by ``dwakd pretrain``."""
+    cfg = _cfg(args)
+    p = C.pair(cfg)
+    out = Path(args.out)
+    if args.teacher or args.student:
+        if not (args.teacher and args.student):
+            raise C.ConfigError("dwakd models: --teacher and --student go together")
+        _install_dirs({"teacher": Path(args.teacher), "student_base": Path(args.student)}, out)
+        return
+    if not p.get("shipped"):
+        raise C.ConfigError(f"pairs.{C.profile(cfg)['pair']}.shipped: no shipped models; build them with "
+                            f"`dwakd pretrain` (snakemake --config rebuild_models=true)")
+    src = ASSETS / p["shipped"]
+    verify_checksums(src)
+    tok = Path(args.tokenizers)
+    for role in ("teacher", "student"):
+        if not same_vocab(src / role, tok / role):
+            raise DataError(
+                f"{src / role}: the shipped {role} tokenizer differs from the one trained in {tok / role}; the "
+                f"tokenizer settings or the training data changed, so rebuild the models "
+                f"(snakemake --cores all --config rebuild_models=true)")
+    _install_dirs({"teacher": src / "teacher", "student_base": src / "student"}, out)
+
+
+def _install_dirs(parts: dict[str, Path], out: Path) -> None:
+    """Copy folders into ``out/<name>`` atomically (a temporary folder renamed into place)."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, src in parts.items():
+        shutil.copytree(src, tmp / name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def cmd_pretrain(args) -> None:
+    from dwakd import build
+
+    cfg = _cfg(args)
+    p = C.pair(cfg)
+    b = p.get("build", {})
+    records = load_jsonl(args.data)
+    out = Path(args.out)
+    seed = C.profile(cfg)["train"].get("seed", 10)
+    if args.role == "teacher_sft":
+        model = build.finetune(Path(args.init), records, b.get("teacher_sft", {}), out, args.resume, seed)
+    else:
+        model = build.pretrain(args.role, p[args.role], Path(args.tokenizers) / args.role, records,
+                               b.get(f"{args.role}_pretrain", {}), out, args.resume, seed)
+    C.dump({"role": args.role, "pair": p, "data": args.data}, out / "resolved_config.yaml")
+    print(model)
+
+
+# ----------------------------------------------------------------------------------- train
+
+
+def build_run(cfg: dict, run: str):
+    """(method class, method config, train config) of a configured run."""
+    from dwakd.methods.base import build_config
+    from dwakd.registry import get_method
+    from dwakd.train import TrainConfig
+
+    spec = C.run_spec(cfg, run)
+    cls = get_method(spec["method"])
+    mcfg = build_config(cls.Config, spec.get("config"), f"methods.{run}.config")
+    tover = {**C.profile(cfg)["train"], **spec.get("train", {})}
+    tcfg = build_config(TrainConfig, tover, f"methods.{run}.train")
+    return cls, mcfg, tcfg
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from dwakd.models import load_model, load_tokenizer
+    from dwakd.train import Trainer
+
+    cfg = _cfg(args)
+    cls, mcfg, tcfg = build_run(cfg, args.run)
+    if args.max_steps:
+        tcfg = dataclasses.replace(tcfg, max_steps=args.max_steps)
+    _threads(tcfg.num_threads)
+    models = Path(args.models)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    student = load_model(models / "student_base").to(device)
+    stok = load_tokenizer(models / "student_base")
+    teacher = ttok = None
+    if cls.needs_teacher:
+        teacher = load_model(models / "teacher").to(device)
+        teacher.requires_grad_(False)
+        ttok = load_tokenizer(models / "teacher")
+    method = cls(mcfg, student, teacher, stok, ttok).to(device)
+    data = Path(args.data)
+    dev_scorer = None
+    if tcfg.select_by != "last":
+        dev_scorer = make_dev_scorer(load_jsonl(data / "dev.jsonl"), stok, tcfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    C.dump({"run": args.run, "method": cls.name, "citation": cls.citation,
+            "method_config": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
+            "pair": C.pair(cfg), "profile": cfg["profile"]}, out / "resolved_config.yaml")
+    t0 = time.time()
+    Trainer(method, student, teacher, stok, ttok, tcfg, out, dev_scorer).fit(
+        load_jsonl(data / "train.jsonl"), resume=args.resume)
+    print(f"trained {args.run} in {time.time() - t0:.1f}s -> {out / 'model'}")
+
+
+def make_dev_scorer(dev: list[dict], tokenizer, tcfg):
+    """Dev-set score for checkpoint selection: ROUGE-L (seed 10) or minus the response loss."""
+    from dwakd.evaluate import GenConfig, bits_per_byte, generate, rouge_l
+
+    dev = dev[: tcfg.dev_limit] if tcfg.dev_limit else dev
+
+    def score(model) -> float:
+        if tcfg.select_by == "loss":
+            return -bits_per_byte(model, tokenizer, dev, tcfg.max_prompt_len)
+        g = GenConfig(max_new_tokens=tcfg.dev_max_new_tokens, max_prompt_len=tcfg.max_prompt_len, seeds=[10])
+        preds = generate(model, tokenizer, [r["prompt"] for r in dev], g, seed=10)
+        return sum(rouge_l(p, r["output"]) for p, r in zip(preds, dev)) / len(dev)
+
+    return score
+
+
+# ------------------------------------------------------------------------------------ eval
+
+
+def cmd_eval(args) -> None:
+    import torch
+
+    from dwakd.data import write_jsonl  # noqa: F401  (atomic writes live in data)
+    from dwakd.evaluate import GenConfig, evaluate_copy, evaluate_model
+    from dwakd.methods.base import build_config
+    from dwakd.models import load_model, load_tokenizer
+
+    cfg = _cfg(args)
+    ev = C.profile(cfg)["eval"]
+    gover = {k: ev[k] for k in ("seeds", "max_new_tokens", "max_prompt_len", "batch_size") if k in ev}
+    gcfg = build_config(GenConfig, gover, f"profiles.{cfg['profile']}.eval")
+    _threads(C.profile(cfg)["train"].get("num_threads", 0))
+    records = load_jsonl(args.data)
+    t0 = time.time()
+    if args.model == "copy":
+        result = evaluate_copy(records)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(args.model).to(device)
+        result = evaluate_model(model, load_tokenizer(args.model), records, gcfg)
+    result["config"] = {"model": args.model, "data": args.data, "generation": dataclasses.asdict(gcfg),
+                        "profile": cfg["profile"], "seconds": time.time() - t0}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, ensure_ascii=False))
+    os.replace(tmp, out)
+    s = result["summary"]
+    print(f"{args.model} {Path(args.data).stem}: ROUGE-L {s['rougeL']['mean']:.2f} ± {s['rougeL']['std']:.2f}, "
+          f"bpb {s['bpb'] if s['bpb'] is None else round(s['bpb'], 4)} ({time.time() - t0:.1f}s)")
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def cmd_report(args) -> None:
+    from dwakd.report import main_table, write_tables
+
+    cfg = _cfg(args)
+    prof = C.profile(cfg)
+    rows = ["copy", "teacher", *prof["main_table"]]
+    titles = {"copy": "Copy instruction+input", "teacher": "Teacher"}
+    titles.update({r: cfg["methods"][r].get("title", r) for r in prof["main_table"]})
+    sets = prof["eval"]["sets"]
+    set_titles = {s: cfg["datasets"][s]["title"] for s in sets}
+    tables = main_table(Path(args.eval_dir), rows, sets, titles, set_titles)
+    write_tables(tables, Path(args.out), "main")
+    print((Path(args.out) / "main.md").read_text())
+
+
+def cmd_ship(args) -> None:
+    from dwakd.build import MODEL_CARD, ship
+
+    cfg = _cfg(args)
+    ship(Path(args.teacher), Path(args.student), Path(args.dest), MODEL_CARD, C.pair(cfg))
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dwakd", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def add(name, fn, help):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--config", action="append", default=[], help="config file (repeatable)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a key")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("data", cmd_data, "validate and write the profile's data files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--only", choices=["unni", "train_all"],
+                   help="unni: fetch UnNI from the Hugging Face hub; train_all: all of Dolly train to OUT (a file)")
+    p.add_argument("--unni-source", help="a local copy of MiniLLM uinst/11_/valid.jsonl")
+    p.add_argument("--cache", help="UnNI cache folder (default OUT/cache)")
+    p = add("tokenizers", cmd_tokenizers, "train the pair's tokenizers")
+    p.add_argument("--out", required=True)
+    p = add("models", cmd_models, "check and unpack the shipped models (or assemble built ones)")
+    p.add_argument("--tokenizers", required=True)
+    p.add_argument("--teacher", help="a built teacher (instead of the shipped one)")
+    p.add_argument("--student", help="a built student base (instead of the shipped one)")
+    p.add_argument("--out", required=True)
+    p = add("pretrain", cmd_pretrain, "build a model: pre-training or teacher SFT")
+    p.add_argument("--role", required=True, choices=["teacher", "student", "teacher_sft"])
+    p.add_argument("--data", required=True, help="training JSONL")
+    p.add_argument("--tokenizers", help="tokenizers folder (teacher/student pre-training)")
+    p.add_argument("--init", help="model to fine-tune (teacher_sft)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    p = add("train", cmd_train, "train a student with a configured run")
+    p.add_argument("--run", required=True)
+    p.add_argument("--models", required=True, help="folder with teacher/ and student_base/")
+    p.add_argument("--data", required=True, help="folder with train.jsonl and dev.jsonl")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--max-steps", type=int, default=0)
+    p = add("eval", cmd_eval, "evaluate one model on one set")
+    p.add_argument("--model", required=True, help="model folder, or 'copy' for the copy floor")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p = add("report", cmd_report, "write the result tables")
+    p.add_argument("--eval-dir", required=True)
+    p.add_argument("--out", required=True)
+    p = add("ship", cmd_ship, "store a built pair (bf16, checksums, model card) for dwakd/assets/")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--dest", required=True)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (C.ConfigError, DataError, FileExistsError, KeyError) as e:
+        print(f"dwakd {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Evaluation protocol of DSKD / DWA-KD: sampled generation, ROUGE-L F1, and response bits per byte.
+
+* Sampling: temperature 1.0, top-p 1.0, top-k 0, no_repeat_ngram_size 6, prompt left-padded and cut to its
+  first ``max_prompt_len`` tokens, at most ``max_new_tokens`` new tokens, batched with a KV cache; one run
+  per generation seed; mean ± std over seeds.
+* ROUGE-L: Google ``rouge_score`` F1 with stemming, max over the references, × 100.
+* Bits per byte: the response's negative log-likelihood under teacher forcing (EOS included) divided by
+  ``ln 2 ×`` its UTF-8 byte count. It does not depend on the tokenizer, so teacher and students compare.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+from rouge_score import rouge_scorer
+
+from dwakd.data import copy_baseline
+from dwakd.losses.divergences import token_nll
+
+_SCORER = None
+
+
+def rouge_l(prediction: str, references: list[str]) -> float:
+    """ROUGE-L F1 × 100 of ``prediction`` against the best of ``references`` (stemmed, Google rouge_score)."""
+    global _SCORER
+    if _SCORER is None:
+        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return 100.0 * max(_SCORER.score(ref, prediction)["rougeL"].fmeasure for ref in references)
+
+
+@dataclass
+class GenConfig:
+    """Decoding settings of the protocol (DSKD's evaluation scripts)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    no_repeat_ngram_size: int = 6
+    max_prompt_len: int = 256
+    max_new_tokens: int = 256
+    batch_size: int = 32
+    seeds: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50])
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], cfg: GenConfig, seed: int) -> list[str]:
+    """Sample one response per prompt; batches are formed in a fixed (length-sorted) order so a seed
+    reproduces the same text."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"][: cfg.max_prompt_len] for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    pad = tokenizer.pad_token_id
+    out: list[str] = [""] * len(ids)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    for s in range(0, len(order), cfg.batch_size):
+        chunk = order[s:s + cfg.batch_size]
+        L = max(len(ids[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), L), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), L), dtype=torch.long)
+        for b, i in enumerate(chunk):  # left padding
+            input_ids[b, L - len(ids[i]):] = torch.tensor(ids[i])
+            mask[b, L - len(ids[i]):] = 1
+        gen = model.generate(
+            input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            no_repeat_ngram_size=cfg.no_repeat_ngram_size, max_new_tokens=cfg.max_new_tokens,
+            pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+        )
+        for b, i in enumerate(chunk):
+            out[i] = tokenizer.decode(gen[b, L:], skip_special_tokens=True).strip()
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def response_nll_bytes(model, tokenizer, prompt: str, response: str, max_prompt_len: int = 256,
+                       max_len: int = 1024) -> tuple[float, int]:
+    """(NLL in nats of the response tokens + EOS, UTF-8 bytes of the response part that was scored)."""
+    device = next(model.parameters()).device
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"][:max_prompt_len]
+    enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+    o = enc["input_ids"] + [tokenizer.eos_token_id]
+    room = max_len - len(p)
+    if len(o) > room:  # truncated: count only the bytes of the tokens that were scored
+        o = o[:room]
+        end = enc["offset_mapping"][room - 1][1]
+        n_bytes = len(response[:end].encode("utf-8"))
+    else:
+        n_bytes = len(response.encode("utf-8"))
+    ids = torch.tensor([p + o], device=device)
+    labels = torch.tensor([[-100] * len(p) + o], device=device)
+    logits = model(input_ids=ids).logits
+    return float(token_nll(logits, labels)[0]), n_bytes
+
+
+def bits_per_byte(model, tokenizer, records: list[dict], max_prompt_len: int = 256) -> float:
+    """Corpus-level response bits per byte (first reference): Σ NLL / (ln 2 · Σ bytes)."""
+    was_training = model.training
+    model.eval()
+    nats, nbytes = 0.0, 0
+    for r in records:
+        n, b = response_nll_bytes(model, tokenizer, r["prompt"], r["output"][0], max_prompt_len)
+        nats, nbytes = nats + n, nbytes + b
+    model.train(was_training)
+    return nats / (math.log(2) * max(nbytes, 1))
+
+
+def summarise(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def evaluate_model(model, tokenizer, records: list[dict], cfg: GenConfig, with_bpb: bool = True) -> dict:
+    """Generations, per-sample ROUGE-L per seed, and the summary for one model on one set."""
+    prompts = [r["prompt"] for r in records]
+    per_seed = {}
+    for seed in cfg.seeds:
+        preds = generate(model, tokenizer, prompts, cfg, seed)
+        scores = [rouge_l(p, r["output"]) for p, r in zip(preds, records)]
+        per_seed[str(seed)] = {"rougeL": statistics.fmean(scores), "scores": scores, "generations": preds}
+    result = {
+        "ids": [r.get("id", i) for i, r in enumerate(records)],
+        "seeds": per_seed,
+        "summary": {"rougeL": summarise([v["rougeL"] for v in per_seed.values()])},
+    }
+    if with_bpb:
+        result["summary"]["bpb"] = bits_per_byte(model, tokenizer, records, cfg.max_prompt_len)
+    return result
+
+
+def evaluate_copy(records: list[dict]) -> dict:
+    """The "copy the instruction and input" floor (deterministic: one pseudo-seed, std 0)."""
+    preds = [copy_baseline(r["prompt"]) for r in records]
+    scores = [rouge_l(p, r["output"]) for p, r in zip(preds, records)]
+    return {"ids": [r.get("id", i) for i, r in enumerate(records)],
+            "seeds": {"copy": {"rougeL": statistics.fmean(scores), "scores": scores, "generations": preds}},
+            "summary": {"rougeL": summarise([statistics.fmean(scores)]), "bpb": None}}

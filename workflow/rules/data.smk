@@ -1,0 +1,48 @@
+rule data:
+    output:
+        train=f"{R}/data/train.jsonl",
+        dev=f"{R}/data/dev.jsonl",
+        sets=expand(f"{R}/data/{{s}}.jsonl", s=LOCAL_SETS),
+    params:
+        cfg=CFG,
+        key=digest(PROFILE.get("train_limit"), PROFILE.get("dev_limit"), PROFILE["eval"], config["datasets"]),
+    log:
+        f"{R}/logs/data.log",
+    benchmark:
+        f"{R}/benchmarks/data.tsv"
+    conda:
+        ENV
+    shell:
+        "dwakd data --config {params.cfg} --out {R}/data > {log} 2>&1"
+
+
+rule data_unni:
+    output:
+        f"{R}/data/unni.jsonl",
+    params:
+        cfg=CFG,
+        key=digest(config["datasets"]["unni"], PROFILE["eval"].get("limit")),
+    log:
+        f"{R}/logs/data_unni.log",
+    benchmark:
+        f"{R}/benchmarks/data_unni.tsv"
+    conda:
+        ENV
+    shell:
+        "dwakd data --config {params.cfg} --only unni --out {R}/data --cache {R}/cache/unni > {log} 2>&1"
+
+
+rule tokenizers:
+    output:
+        directory(f"{R}/tokenizers"),
+    params:
+        cfg=CFG,
+        key=digest(PAIR.get("tokenizers")),
+    log:
+        f"{R}/logs/tokenizers.log",
+    benchmark:
+        f"{R}/benchmarks/tokenizers.tsv"
+    conda:
+        ENV
+    shell:
+        "dwakd tokenizers --config {params.cfg} --out {output} > {log} 2>&1"
