@@ -2,12 +2,14 @@
 # `snakemake --cores all` runs the profile named in config/config.yaml (`--config profile=NAME` for another).
 # The Snakefile reads YAML only (no torch), so a dry run costs no more than Snakemake's start-up.
 
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("8.0")
 
 
-configfile: "config/config.yaml"
+configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -6,6 +6,7 @@ rule data:
     params:
         cfg=CFG,
         key=digest(PROFILE.get("train_limit"), PROFILE.get("dev_limit"), PROFILE["eval"], config["datasets"]),
+        out=lambda w, output: parent(output.train),
     log:
         f"{R}/logs/data.log",
     benchmark:
@@ -13,7 +14,7 @@ rule data:
     conda:
         ENV
     shell:
-        "dwakd data --config {params.cfg} --out {R}/data > {log} 2>&1"
+        "dwakd data --config {params.cfg} --out {params.out} > {log} 2>&1"
 
 
 rule data_unni:
@@ -22,6 +23,8 @@ rule data_unni:
     params:
         cfg=CFG,
         key=digest(config["datasets"]["unni"], PROFILE["eval"].get("limit")),
+        out=lambda w, output: parent(output[0]),
+        cache=f"{R}/cache/unni",
     log:
         f"{R}/logs/data_unni.log",
     benchmark:
@@ -29,7 +32,7 @@ rule data_unni:
     conda:
         ENV
     shell:
-        "dwakd data --config {params.cfg} --only unni --out {R}/data --cache {R}/cache/unni > {log} 2>&1"
+        "dwakd data --config {params.cfg} --only unni --out {params.out} --cache {params.cache} > {log} 2>&1"
 
 
 rule tokenizers:

@@ -1,24 +1,3 @@
-def eval_model_input(w):
-    """The model folder a row of the table is read from ('copy' needs none)."""
-    if w.model == "copy":
-        return []
-    if w.model == "teacher":
-        return rules.models.output
-    return f"{R}/runs/{w.model}/model"
-
-
-def eval_model_arg(w, input):
-    if w.model == "copy":
-        return "copy"
-    if w.model == "teacher":
-        return f"{input.model}/teacher"
-    return input.model
-
-
-def eval_data(w):
-    return f"{R}/data/{w.set}.jsonl"
-
-
 rule eval:
     input:
         model=eval_model_input,

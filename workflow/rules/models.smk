@@ -30,7 +30,7 @@ if REBUILD:
         params:
             cfg=CFG,
             key=lambda w: digest(PAIR[w.role], PAIR.get("build", {}).get(f"{w.role}_pretrain")),
-            out=lambda w: f"{R}/build/{w.role}_pretrain",
+            out=lambda w, output: parent(output[0]),
         threads: workflow.cores
         resources:
             gpu=1,
@@ -53,7 +53,7 @@ if REBUILD:
         params:
             cfg=CFG,
             key=digest(PAIR.get("build", {}).get("teacher_sft")),
-            out=f"{R}/build/teacher_sft",
+            out=lambda w, output: parent(output[0]),
         threads: workflow.cores
         resources:
             gpu=1,

@@ -7,6 +7,8 @@ rule report:
         tex=f"{R}/tables/main.tex",
     params:
         cfg=CFG,
+        eval_dir=lambda w, input: parent(input[0], 2),
+        out=lambda w, output: parent(output.md),
     log:
         f"{R}/logs/report.log",
     benchmark:
@@ -14,4 +16,4 @@ rule report:
     conda:
         ENV
     shell:
-        "dwakd report --config {params.cfg} --eval-dir {R}/eval --out {R}/tables > {log} 2>&1"
+        "dwakd report --config {params.cfg} --eval-dir {params.eval_dir} --out {params.out} > {log} 2>&1"

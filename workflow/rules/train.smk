@@ -8,8 +8,8 @@ rule train:
     params:
         cfg=CFG,
         key=lambda w: digest(config["methods"][w.run], PROFILE["train"], PROFILE.get("train_limit")),
-        out=lambda w: f"{R}/runs/{w.run}",
-        data=f"{R}/data",
+        out=lambda w, output: parent(output[0]),
+        data=lambda w, input: parent(input.train),
     threads: workflow.cores
     resources:
         gpu=1,

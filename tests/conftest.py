@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny offline pair (tokenizers trained here, models built from configs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dwakd.data import SHIPPED_DATA, load_jsonl
+from dwakd.models import build_model
+from dwakd.tokenization import train_pair
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def dolly_small() -> list[dict]:
+    return load_jsonl(SHIPPED_DATA / "dolly_train.jsonl.gz")[:300]
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory, dolly_small) -> Path:
+    """``teacher/`` (Qwen2) and ``student_base/`` (Llama) with their own tokenizers, saved like the workflow's."""
+    root = tmp_path_factory.mktemp("pair")
+    train_pair(dolly_small, root / "tok", teacher_vocab=700, student_vocab=600)
+    from dwakd.models import load_tokenizer
+
+    torch.manual_seed(0)
+    specs = {
+        "teacher": ("qwen2", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  intermediate_size=128, max_position_embeddings=256)),
+        "student_base": ("llama", dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=4, intermediate_size=96, max_position_embeddings=256)),
+    }
+    for name, (arch, kw) in specs.items():
+        tok = load_tokenizer(root / "tok" / ("teacher" if name == "teacher" else "student"))
+        model = build_model(arch, len(tok), tok, **kw)
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return root

@@ -1,0 +1,61 @@
+import pytest
+import yaml
+
+from dwakd import config as C
+from dwakd.errors import ConfigError
+from dwakd.registry import available, get_method
+
+
+def test_default_config_is_valid():
+    cfg = C.load()
+    assert cfg["profile"] == "mini"
+    assert set(C.profile(cfg)["eval"]["sets"]) >= {"dolly", "selfinst", "vicuna", "sni"}
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"profiles": {"mini": {"train": {"lrr": 1}}}}, r"profiles\.mini\.train: Additional properties .*'lrr'"),
+    ({"profiles": {"mini": {"train": {"lr": "fast"}}}}, r"profiles\.mini\.train\.lr: 'fast' is not of type 'number'"),
+    ({"profiles": {"mini": {"eval": {"seeds": []}}}}, r"profiles\.mini\.eval\.seeds: \[\] should be non-empty"),
+    ({"typo_key": 1}, r"\(top level\): Additional properties .*'typo_key'"),
+    ({"profile": "nope"}, r"profile: 'nope' is not defined"),
+    ({"profiles": {"mini": {"main_table": ["sft", "ghost"]}}}, r"main_table: 'ghost' is not in methods"),
+    ({"profiles": {"mini": {"eval": {"sets": ["dolly", "mmlu"]}}}}, r"eval\.sets: 'mmlu' is not in datasets"),
+])
+def test_bad_config_names_the_key(over, message):
+    with pytest.raises(ConfigError, match=message):
+        C.load(overrides=over)
+
+
+def test_config_files_merge_and_set_overrides(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"profiles": {"mini": {"eval": {"limit": 7}}}}))
+    cfg = C.load([C.DEFAULT_CONFIG, extra], C.parse_set(["profiles.mini.train.lr=0.5", "profile=tiny"]))
+    assert cfg["profiles"]["mini"]["eval"]["limit"] == 7
+    assert cfg["profiles"]["mini"]["train"]["lr"] == 0.5 and cfg["profile"] == "tiny"
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        C.parse_set(["novalue"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        C.load([tmp_path / "missing.yaml"])
+
+
+def test_registry_lists_available_methods_in_its_error():
+    assert "sft" in available()
+    with pytest.raises(KeyError, match="unknown method 'nope'; available methods: .*sft"):
+        get_method("nope")
+
+
+def test_every_configured_run_builds():
+    from dwakd.cli import build_run
+
+    cfg = C.load()
+    for run in cfg["methods"]:
+        cls, mcfg, tcfg = build_run(cfg, run)
+        assert cls.name == cfg["methods"][run]["method"]
+
+
+def test_run_with_unknown_method_option_is_an_error():
+    from dwakd.cli import build_run
+
+    cfg = C.load(overrides={"methods": {"sft": {"config": {"alpha": 0.3}}}})
+    with pytest.raises(ConfigError, match=r"methods\.sft\.config: unknown option\(s\) \['alpha'\]"):
+        build_run(cfg, "sft")

@@ -1,0 +1,113 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from dwakd.methods.sft import SFT, SFTConfig
+from dwakd.models import load_model, load_tokenizer
+from dwakd.train import TrainConfig, Trainer, collate, epoch_order, pack_blocks
+
+
+def make_trainer(pair, out, **over):
+    torch.manual_seed(0)
+    student = load_model(pair / "student_base")
+    tok = load_tokenizer(pair / "student_base")
+    cfg = TrainConfig(**{"batch_size": 4, "lr": 3e-3, "max_len": 96, "max_prompt_len": 48, "select_by": "last",
+                         "progress": False, **over})
+    return Trainer(SFT(SFTConfig(), student), student, None, tok, None, cfg, out)
+
+
+def losses(out):
+    return [json.loads(l)["loss"] for l in (out / "train_log.jsonl").read_text().splitlines()
+            if "loss" in json.loads(l)]
+
+
+def test_loss_decreases_on_a_tiny_model(tiny_pair, dolly_small, tmp_path):
+    t = make_trainer(tiny_pair, tmp_path / "run", epochs=10, lr=1e-2)
+    t.fit(dolly_small[:8])
+    ls = losses(tmp_path / "run")
+    assert len(ls) == 20
+    assert ls[-1] < 0.75 * ls[0]  # from ln(V) = 6.4 (uniform) to below 4.8
+    assert (tmp_path / "run" / "model" / "config.json").exists()
+    log = [json.loads(l) for l in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    step = log[0]
+    for key in ("loss", "ce", "lr", "tokens_per_s", "peak_mem_mb", "grad_norm", "step_time_s"):
+        assert key in step
+
+
+def test_resume_equals_uninterrupted_run(tiny_pair, dolly_small, tmp_path, monkeypatch):
+    recs = dolly_small[:12]
+    make_trainer(tiny_pair, tmp_path / "full", epochs=3, save_every_steps=2).fit(recs)
+    full = losses(tmp_path / "full")
+
+    # kill the run inside epoch 2 (after a mid-epoch checkpoint), then resume
+    t = make_trainer(tiny_pair, tmp_path / "killed", epochs=3, save_every_steps=2)
+    orig = Trainer.micro_step
+    calls = {"n": 0}
+
+    def dying(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # step 6 = epoch 2, second step: after the step-4 checkpoint... and epoch-1 one
+            raise KeyboardInterrupt
+        return orig(self, batch)
+
+    monkeypatch.setattr(Trainer, "micro_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit(recs)
+    monkeypatch.setattr(Trainer, "micro_step", orig)
+    assert (tmp_path / "killed" / "checkpoints" / "latest").read_text() == "step-4"
+    with pytest.raises(FileExistsError, match="--resume"):
+        make_trainer(tiny_pair, tmp_path / "killed", epochs=3).fit(recs)
+    make_trainer(tiny_pair, tmp_path / "killed", epochs=3, save_every_steps=2).fit(recs, resume=True)
+    resumed = losses(tmp_path / "killed")
+    assert len(resumed) == len(full) == 9
+    assert resumed == pytest.approx(full, rel=1e-6, abs=0)
+    a = load_model(tmp_path / "full" / "model").state_dict()
+    b = load_model(tmp_path / "killed" / "model").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tiny_pair, dolly_small, tmp_path):
+    recs = dolly_small[:8]
+    make_trainer(tiny_pair, tmp_path / "big", batch_size=4, grad_accum=1, max_steps=2).fit(recs)
+    make_trainer(tiny_pair, tmp_path / "acc", batch_size=2, grad_accum=2, max_steps=2).fit(recs)
+    assert losses(tmp_path / "acc") == pytest.approx(losses(tmp_path / "big"), rel=1e-5)
+
+
+def test_non_finite_loss_stops_with_step_terms_and_batch_ids(tiny_pair, dolly_small, tmp_path, monkeypatch):
+    t = make_trainer(tiny_pair, tmp_path / "nan", epochs=1)
+
+    def nan_loss(self, batch, s, t_):
+        return torch.tensor(float("nan"), requires_grad=True), {"ce": torch.tensor(float("nan"))}
+
+    monkeypatch.setattr(SFT, "loss", nan_loss)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 1 .*'ce'.*batch ids \[\d"):
+        t.fit(dolly_small[:4])
+
+
+def test_collate_pads_right_and_masks_labels():
+    b = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_pack_blocks_and_epoch_order():
+    enc = [{"input_ids": list(range(5)), "labels": list(range(5))}, {"input_ids": [9] * 4, "labels": [9] * 4}]
+    blocks = pack_blocks(enc, 4)
+    assert [b["input_ids"] for b in blocks] == [[0, 1, 2, 3], [4, 9, 9, 9]]
+    assert epoch_order(10, 1, 0) == epoch_order(10, 1, 0) != epoch_order(10, 1, 1)
+
+
+def test_train_config_rejects_bad_values():
+    from dwakd.errors import ConfigError
+    from dwakd.methods.base import build_config
+
+    with pytest.raises(ConfigError, match=r"train\.select_by: expected"):
+        build_config(TrainConfig, {"select_by": "best"}, "train")
+    with pytest.raises(ConfigError, match=r"train: unknown option\(s\) \['lrate'\]"):
+        build_config(TrainConfig, {"lrate": 1.0}, "train")
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got 'two'"):
+        build_config(TrainConfig, {"epochs": "two"}, "train")
+    assert dataclasses.asdict(build_config(TrainConfig, {"lr": 1}, "train"))["lr"] == 1.0
