@@ -59,3 +59,13 @@ def test_run_with_unknown_method_option_is_an_error():
     cfg = C.load(overrides={"methods": {"sft": {"config": {"alpha": 0.3}}}})
     with pytest.raises(ConfigError, match=r"methods\.sft\.config: unknown option\(s\) \['alpha'\]"):
         build_run(cfg, "sft")
+
+
+def test_ci_runs_the_readme_test_command():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = root / "README.md"
+    text = readme.read_text()
+    block = text.split("**Run the tests**", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
+    assert block in (root / ".ci" / "run").read_text().splitlines()

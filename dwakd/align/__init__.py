@@ -1,0 +1,19 @@
+"""Pure alignment functions between two tokenizations (token strings and offsets in, index pairs out)."""
+
+from dwakd.align.tokens import (
+    DEFAULT_EOS,
+    SPACE_MARKERS,
+    build_vocab_map,
+    dtw_align,
+    exact_token_alignment,
+    invert_vocab_map,
+    normalise_token,
+    offsets_alignment,
+    one_to_one,
+    strip_markers,
+)
+
+__all__ = [
+    "DEFAULT_EOS", "SPACE_MARKERS", "build_vocab_map", "dtw_align", "exact_token_alignment", "invert_vocab_map",
+    "normalise_token", "offsets_alignment", "one_to_one", "strip_markers",
+]
