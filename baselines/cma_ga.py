@@ -1,0 +1,157 @@
+"""DSKD-CMA-GA — DSKD-CMA plus key–query matching by adversarial learning (arXiv 2603.22056, ICASSP 2026).
+
+On top of DSKD-CMA (``baselines.dskd_cma``), the CMA keys ``k = N([e_t(x); e_t(y)])`` are "real" and the
+queries ``q = P_query([e_s(x); e_s(y)])`` are "fake" samples for a discriminator
+
+    D(z) = Linear(768→1)(LeakyReLU_0.1(Linear(2d_t→768)(Dropout_0.1(z')))),
+    z' = σ(u)·ReLU(u) + (1 − σ(u))·z,  u = Linear(2d_t→2d_t)(z)          (a highway layer)
+
+trained with BCE-with-logits. A gradient-reversal layer R_β (identity forward, −β·grad backward, β = 1) sits
+between q and D, so minimising one BCE trains D to tell keys from queries while pushing P_query to make the
+queries look like keys::
+
+    L_GA = Σ_i BCE(D(R_β(q_i)), 0) + (n_s / n_t)·Σ_j BCE(D(k_j), 1)
+    L = (1 − α)·CE + α·(L_ce_t2s + L_kd_stu + L_kd_tea) + kq_rate·L_GA
+
+over the student's (i) and the teacher's (j) response positions; the ``n_s / n_t`` factor (response-token
+counts of the micro-batch) makes the two halves per-token means once the loop divides by n_s, i.e.
+``mean BCE_fake + mean BCE_real`` as in the reference's ``d_loss_real + d_loss_fake``. The discriminator is
+one of the method's parameters (AdamW group at ``projector_lr``).
+
+Variants (``variant``):
+
+* ``"paper"`` (default): as above — the discriminator is trained and the reversed gradient reaches P_query.
+* ``"reference_code"``: the public code's behaviour — q is detached before D and D is never optimised (here:
+  its parameters are frozen, so the training loop leaves them out of the optimiser). The GA term is then a
+  constant that changes no weight; it is still computed and logged for comparison.
+
+Logged terms (token-summed): DSKD-CMA's ``ce``, ``ce_t2s``, ``kd_stu``, ``kd_tea``, ``t2s_acc``, plus ``ga``.
+
+Deviations from the reference code: BCE over the response positions only (the reference takes the mean over
+every position of the padded batch, prompt and padding included, then divides by the batch's token count,
+which makes the term ~1/N of what the paper's formula gives); the variant ``paper`` fixes the detach / missing
+optimiser described in METHODS.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines._common import check_choice, check_kd, check_range, pad_id, require_teacher
+from baselines.dskd_cma import CMATerms, dual_space_cma_terms, model_dims
+from dwakd.align.cma import CrossModelAttention
+from dwakd.methods.base import Method
+from dwakd.registry import register
+
+VARIANTS = ("paper", "reference_code")
+
+
+@dataclass
+class CMAGAConfig:
+    """DSKD-CMA-GA options (METHODS.md "DSKD-CMA-GA")."""
+
+    kd_rate: float = 0.5  # α (paper: α = 0.5, as DSKD)
+    temperature: float = 2.0  # τ (DSKD-CMA's KD_TEMP=2.0; the paper builds on its scripts)
+    divergence: str = "fkl"  # D of L_kd_stu (DSKD-CMA's KD_OBJ="forward_kl")
+    kq_rate: float = 1.0  # weight of L_GA (paper / DSKD-KQ: kq_rate = 1.0)
+    grl_beta: float = 1.0  # gradient-reversal factor β (paper: 1)
+    disc_hidden: int = 768  # discriminator width (paper: 2d_t → 768 → 1)
+    disc_dropout: float = 0.1  # dropout after the highway layer (paper: 0.1)
+    leaky_slope: float = 0.1  # LeakyReLU negative slope (paper: 0.1)
+    variant: str = "paper"  # "paper" | "reference_code" (METHODS.md: the paper's intent is the default)
+
+    def validate(self, where: str) -> None:
+        check_kd(self, where)
+        check_choice(where, "variant", self.variant, VARIANTS)
+        check_range(where, "kq_rate", self.kq_rate, 0.0)
+        check_range(where, "grl_beta", self.grl_beta, 0.0)
+        check_range(where, "disc_dropout", self.disc_dropout, 0.0, 1.0)
+        check_range(where, "disc_hidden", self.disc_hidden, 0, lo_open=True)
+        check_range(where, "leaky_slope", self.leaky_slope, 0.0)
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, beta):
+        ctx.beta = beta
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.beta * grad, None
+
+
+def grad_reverse(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient by −β in the backward pass (Ganin & Lempitsky 2015)."""
+    return _GradReverse.apply(x, beta)
+
+
+class KQDiscriminator(nn.Module):
+    """Highway layer, dropout, Linear(d→hidden), LeakyReLU, Linear(hidden→1): one logit per vector (real = key)."""
+
+    def __init__(self, dim: int, hidden: int = 768, dropout: float = 0.1, slope: float = 0.1):
+        super().__init__()
+        self.highway = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.LeakyReLU(slope)
+        self.fc2 = nn.Linear(hidden, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        u = self.highway(z)
+        g = torch.sigmoid(u)
+        z = g * torch.relu(u) + (1.0 - g) * z
+        return self.fc2(self.act(self.fc1(self.dropout(z)))).squeeze(-1)
+
+
+@register
+class DSKDCMAGA(Method):
+    """DSKD-CMA with adversarial key–query matching (see the module docstring)."""
+
+    name = "cma_ga"
+    Config = CMAGAConfig
+    citation = ("DSKD-CMA-GA: key-query matching of DSKD's cross-model attention by adversarial learning, "
+                "ICASSP 2026, arXiv 2603.22056 (code: stellaevat/DSKD-KQ); builds on DSKD, arXiv 2406.17328.")
+    needs_teacher = True
+    needs_teacher_tokens = True
+    student_outputs: ClassVar[frozenset[str]] = frozenset({"hidden", "embeds"})
+    teacher_outputs: ClassVar[frozenset[str]] = frozenset({"hidden", "embeds"})
+
+    def __init__(self, cfg, student, teacher=None, student_tokenizer=None, teacher_tokenizer=None):
+        super().__init__(cfg, student, teacher, student_tokenizer, teacher_tokenizer)
+        require_teacher(self.name, teacher)
+        self._models = (student, teacher)  # not registered: the models stay out of parameters()
+        self.pads = (pad_id(student_tokenizer, student), pad_id(teacher_tokenizer, teacher))
+        d_s, d_t = model_dims(student, teacher)
+        self.cma = CrossModelAttention(d_s, d_t, bias=True)
+        self.discriminator = KQDiscriminator(2 * d_t, cfg.disc_hidden, cfg.disc_dropout, cfg.leaky_slope)
+        if cfg.variant == "reference_code":
+            self.discriminator.requires_grad_(False)  # the public code never adds it to the optimiser
+
+    def terms(self, batch, student_out, teacher_out, return_attention: bool = False) -> CMATerms:
+        return dual_space_cma_terms(self.cma, *self._models, *self.pads, batch, student_out, teacher_out,
+                                    divergence_name=self.cfg.divergence, temperature=self.cfg.temperature,
+                                    return_attention=return_attention)
+
+    def ga_term(self, t: CMATerms) -> torch.Tensor:
+        """``L_GA`` (token-summed) from the queries and keys of the CMA at the response positions."""
+        q = t.cma.q[t.student_mask]
+        k = t.cma.k[t.teacher_mask]
+        q = grad_reverse(q, self.cfg.grl_beta) if self.cfg.variant == "paper" else q.detach()
+        fake = self.discriminator(q).float()
+        real = self.discriminator(k.to(q.dtype)).float()
+        bce_fake = F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="sum")
+        bce_real = F.binary_cross_entropy_with_logits(real, torch.ones_like(real), reduction="sum")
+        return bce_fake + bce_real * (q.size(0) / max(k.size(0), 1))
+
+    def loss(self, batch, student_out, teacher_out):
+        t = self.terms(batch, student_out, teacher_out)
+        ga = self.ga_term(t)
+        a = self.cfg.kd_rate
+        loss = (1.0 - a) * t.ce + a * (t.ce_t2s + t.kd_stu + t.kd_tea) + self.cfg.kq_rate * ga
+        return loss, {**t.logs(), "ga": ga.detach()}

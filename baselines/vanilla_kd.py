@@ -1,0 +1,72 @@
+"""Vanilla KD — token-level distillation between a teacher and a student that share one vocabulary
+(Hinton et al. 2015; the divergences of DSKD's "various_divergence", METHODS.md "Vanilla KD")::
+
+    L = (1 − α)·CE + α·Σ_i D_τ(p_t,i ‖ p_s,i)
+
+over the response positions, D one of ``dwakd.losses.divergences.DIVERGENCES`` (fkl, rkl, js, skl, srkl, akl),
+both logit sets divided by τ. The teacher reads the student's token ids (``needs_teacher_tokens = False``), so
+the vocabularies must be identical: ``__init__`` fails otherwise and names the cross-tokenizer methods to use.
+When the heads are padded beyond the tokenizer (common for real checkpoints), the logits are compared on the
+first ``len(tokenizer)`` entries. Logged terms (token-summed): ``ce``, ``kd``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from baselines._common import ALTERNATIVES, check_kd, require_teacher, response_mask
+from dwakd.errors import ConfigError
+from dwakd.losses.divergences import divergence, token_ce
+from dwakd.methods.base import Method
+from dwakd.models import lm_head_weight
+from dwakd.registry import register
+
+
+@dataclass
+class VanillaKDConfig:
+    """Vanilla KD options (DSKD scripts/*/vanilla_kd_*.sh)."""
+
+    kd_rate: float = 0.5  # α (KD_RATE=0.5)
+    temperature: float = 2.0  # τ (KD_TEMP=2.0)
+    divergence: str = "fkl"  # D (KD_OBJ="forward_kl")
+
+    def validate(self, where: str) -> None:
+        check_kd(self, where)
+
+
+@register
+class VanillaKD(Method):
+    """Same-vocabulary logit KD (see the module docstring)."""
+
+    name = "vanilla_kd"
+    Config = VanillaKDConfig
+    citation = "Hinton et al. 2015, 'Distilling the Knowledge in a Neural Network', arXiv 1503.02531."
+    needs_teacher = True
+    needs_teacher_tokens = False
+
+    def __init__(self, cfg, student, teacher=None, student_tokenizer=None, teacher_tokenizer=None):
+        super().__init__(cfg, student, teacher, student_tokenizer, teacher_tokenizer)
+        require_teacher(self.name, teacher)
+        if student_tokenizer is not None and teacher_tokenizer is not None:
+            if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+                raise ConfigError(
+                    f"{self.name}: needs a teacher and a student with the same vocabulary (the teacher reads the "
+                    f"student's token ids), but the two tokenizers differ ({len(student_tokenizer)} vs "
+                    f"{len(teacher_tokenizer)} tokens); use a cross-tokenizer method instead: {ALTERNATIVES}")
+            self.width = len(student_tokenizer)
+        else:
+            vs, vt = lm_head_weight(student).size(0), lm_head_weight(teacher).size(0)
+            if vs != vt:
+                raise ConfigError(f"{self.name}: needs the same vocabulary, but the student head has {vs} rows and "
+                                  f"the teacher head {vt}; use a cross-tokenizer method instead: {ALTERNATIVES}")
+            self.width = vs
+
+    def loss(self, batch, student_out, teacher_out):
+        cfg = self.cfg
+        sl = batch["student"]["labels"]
+        ce = token_ce(student_out.logits, sl)
+        w = self.width
+        kd = divergence(cfg.divergence, student_out.logits[..., :w], teacher_out.logits[..., :w],
+                        response_mask(sl), cfg.temperature)
+        loss = (1.0 - cfg.kd_rate) * ce + cfg.kd_rate * kd
+        return loss, {"ce": ce.detach(), "kd": kd.detach()}
