@@ -9,6 +9,7 @@ the same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 import torch
@@ -151,6 +152,11 @@ class Trainer:
         self.dev_scorer = dev_scorer  # callable(student) -> float, higher is better
         self.device = next(student.parameters()).device
         self.amp = self.device.type == "cuda"
+        # checkpoints of a run live under a fingerprint of its settings: a changed config never resumes
+        # from a stale checkpoint, and the older checkpoints are left where they are
+        fp = json.dumps({"method": method.name, "method_cfg": asdict(method.cfg) if is_dataclass(method.cfg) else {},
+                         "train": asdict(cfg)}, sort_keys=True, default=str)
+        self.ckpt_dir = self.out / "checkpoints" / hashlib.sha256(fp.encode()).hexdigest()[:12]
 
     # -- data ---------------------------------------------------------------------------------
     def make_items(self, records: list[dict]) -> list[dict]:
@@ -187,7 +193,7 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
-        ck = self.out / "checkpoints"
+        ck = self.ckpt_dir
         name = f"step-{state['step']}"
         tmp = ck / (name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -205,10 +211,10 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self) -> dict | None:
-        latest = self.out / "checkpoints" / "latest"
+        latest = self.ckpt_dir / "latest"
         if not latest.exists():
             return None
-        ck = torch.load(self.out / "checkpoints" / latest.read_text().strip() / "state.pt", weights_only=False)
+        ck = torch.load(self.ckpt_dir / latest.read_text().strip() / "state.pt", weights_only=False)
         self.student.load_state_dict(ck["student"])
         self.method.load_state_dict(ck["method"])
         self.opt.load_state_dict(ck["optimizer"])
@@ -252,9 +258,9 @@ class Trainer:
             loaded = self.load_checkpoint()
             if loaded is not None:
                 state = loaded
-        elif (self.out / "checkpoints").exists():
-            raise FileExistsError(f"{self.out}: holds checkpoints of an earlier run; pass --resume to continue "
-                                  f"it, or remove the folder to start again")
+        elif (self.ckpt_dir / "latest").exists():
+            raise FileExistsError(f"{self.ckpt_dir}: holds checkpoints of an interrupted run; pass --resume to "
+                                  f"continue it, or remove the folder to start again")
         # the log keeps exactly the lines up to the restored step
         kept = []
         if log_path.exists():
@@ -317,6 +323,8 @@ class Trainer:
                 self.end_epoch(state, log)
         bar.close()
         log.close()
+        # a finished run is not resumed: its checkpoints have served their purpose
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         return state
 
     def end_epoch(self, state: dict, log) -> None:

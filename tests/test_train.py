@@ -56,13 +56,15 @@ def test_resume_equals_uninterrupted_run(tiny_pair, dolly_small, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         t.fit(recs)
     monkeypatch.setattr(Trainer, "micro_step", orig)
-    assert (tmp_path / "killed" / "checkpoints" / "latest").read_text() == "step-4"
+    ckpts = list((tmp_path / "killed" / "checkpoints").glob("*/latest"))
+    assert len(ckpts) == 1 and ckpts[0].read_text() == "step-4"
     with pytest.raises(FileExistsError, match="--resume"):
-        make_trainer(tiny_pair, tmp_path / "killed", epochs=3).fit(recs)
+        make_trainer(tiny_pair, tmp_path / "killed", epochs=3, save_every_steps=2).fit(recs)
     make_trainer(tiny_pair, tmp_path / "killed", epochs=3, save_every_steps=2).fit(recs, resume=True)
     resumed = losses(tmp_path / "killed")
     assert len(resumed) == len(full) == 9
     assert resumed == pytest.approx(full, rel=1e-6, abs=0)
+    assert not list((tmp_path / "killed" / "checkpoints").glob("*/latest"))  # finished: checkpoints removed
     a = load_model(tmp_path / "full" / "model").state_dict()
     b = load_model(tmp_path / "killed" / "model").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -111,3 +113,39 @@ def test_train_config_rejects_bad_values():
     with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got 'two'"):
         build_config(TrainConfig, {"epochs": "two"}, "train")
     assert dataclasses.asdict(build_config(TrainConfig, {"lr": 1}, "train"))["lr"] == 1.0
+
+
+def test_changed_settings_do_not_resume_a_stale_checkpoint(tiny_pair, dolly_small, tmp_path, monkeypatch):
+    recs = dolly_small[:8]
+    t = make_trainer(tiny_pair, tmp_path / "r", epochs=2)
+
+    orig = Trainer.micro_step
+    calls = {"n": 0}
+
+    def die_in_epoch_2(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return orig(self, batch)
+
+    monkeypatch.setattr(Trainer, "micro_step", die_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit(recs)
+    monkeypatch.setattr(Trainer, "micro_step", orig)
+    changed = make_trainer(tiny_pair, tmp_path / "r", epochs=2, lr=1e-4)
+    state = changed.fit(recs, resume=True)
+    assert state["step"] == 4 and len(losses(tmp_path / "r")) == 4  # started from step 0
+    assert len(list((tmp_path / "r" / "checkpoints").glob("*/latest"))) == 1  # the stale one is kept
+
+
+def test_dev_selection_keeps_the_best_epoch(tiny_pair, dolly_small, tmp_path):
+    scores = iter([3.0, 5.0, 4.0])
+    t = make_trainer(tiny_pair, tmp_path / "sel", epochs=3, select_by="rougeL")
+    saved = []
+    t.dev_scorer = lambda model: next(scores)
+    orig = t.save_model
+    t.save_model = lambda dest: (saved.append(dict(model=dest)), orig(dest))
+    t.fit(dolly_small[:4])
+    sel = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert sel["best_epoch"] == 1 and sel["best"] == 5.0 and len(saved) == 2
+    assert [h["dev_rougeL"] for h in sel["history"]] == [3.0, 5.0, 4.0]

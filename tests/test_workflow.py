@@ -71,3 +71,10 @@ def test_tiny_profile_runs_end_to_end(tmp_path):
     # a second invocation has nothing to do
     r = snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny", "-n")
     assert "Nothing to be done" in r.stdout + r.stderr
+    # the maintainers' rebuild target packs the built pair like dwakd/assets/mini
+    snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny", "--", "ship")
+    shipped = tmp_path / "results" / "tiny" / "build" / "shipped_tiny"
+    from dwakd.data import verify_checksums
+
+    verify_checksums(shipped)
+    assert (shipped / "teacher" / "model.safetensors").exists() and (shipped / "MODEL_CARD.md").exists()

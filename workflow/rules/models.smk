@@ -97,6 +97,8 @@ if REBUILD:
             cfg=CFG,
         log:
             f"{R}/logs/ship.log",
+        benchmark:
+            f"{R}/benchmarks/ship.tsv"
         conda:
             ENV
         shell:
