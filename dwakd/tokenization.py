@@ -9,6 +9,7 @@ scale that trains on a laptop CPU. Both are saved as ``transformers`` fast token
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -16,6 +17,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import PreTrainedTokenizerFast
 
 TEACHER_EOS = "<|endoftext|>"
+ALPHABET_SIZE = 200  # characters kept as tokens by the student; rarer ones fall back to bytes
 STUDENT_SPECIALS = ("<unk>", "<s>", "</s>")
 
 
@@ -50,13 +52,26 @@ def train_sentencepiece_bpe(texts: Iterable[str], vocab_size: int, min_frequency
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    texts = list(texts)
+    alphabet = frequent_characters(texts, ALPHABET_SIZE)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[*STUDENT_SPECIALS, *byte_tokens],
-        limit_alphabet=200, show_progress=False,
+        initial_alphabet=alphabet, limit_alphabet=len(alphabet), show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, bos_token=bos, eos_token=eos,
                                    pad_token=eos, clean_up_tokenization_spaces=False)
+
+
+def frequent_characters(texts: list[str], k: int) -> list[str]:
+    """The ``k`` most frequent characters after the SentencePiece normalisation (spaces as ``▁``), ties broken
+    by code point. ``tokenizers``' own ``limit_alphabet`` breaks ties in hash order, which made two trainings
+    on the same text differ; giving it this list as the initial alphabet makes training deterministic."""
+    counts = Counter()
+    for t in texts:
+        counts.update(t.replace(" ", "▁"))
+    counts["▁"] += len(texts)  # the prepended marker
+    return [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
 
 
 def corpus_texts(records: list[dict]) -> list[str]:

@@ -1,5 +1,6 @@
-# The pair in use, as R/models/{teacher,student_base}: unpacked from the shipped assets (default), or
-# rebuilt from scratch with `--config rebuild_models=true` (pre-train student, pre-train teacher, teacher SFT).
+# The pair in use, as R/models/{teacher,student_base}: unpacked from the shipped assets with their tokenizers
+# (default), or rebuilt from scratch with `--config rebuild_models=true` (train the two tokenizers, pre-train
+# the student, pre-train the teacher, fine-tune the teacher).
 
 TRAIN_ALL = f"{R}/build/train_all.jsonl"
 
@@ -71,7 +72,6 @@ if REBUILD:
         input:
             teacher=rules.teacher_sft.output,
             student=f"{R}/build/student_pretrain/model",
-            tokenizers=rules.tokenizers.output,
         output:
             directory(f"{R}/models"),
         params:
@@ -83,7 +83,7 @@ if REBUILD:
         conda:
             ENV
         shell:
-            "dwakd models --config {params.cfg} --tokenizers {input.tokenizers} --teacher {input.teacher} "
+            "dwakd models --config {params.cfg} --teacher {input.teacher} "
             "--student {input.student} --out {output} > {log} 2>&1"
 
     rule ship:
@@ -108,8 +108,6 @@ if REBUILD:
 else:
 
     rule models:
-        input:
-            tokenizers=rules.tokenizers.output,
         output:
             directory(f"{R}/models"),
         params:
@@ -122,4 +120,4 @@ else:
         conda:
             ENV
         shell:
-            "dwakd models --config {params.cfg} --tokenizers {input.tokenizers} --out {output} > {log} 2>&1"
+            "dwakd models --config {params.cfg} --out {output} > {log} 2>&1"

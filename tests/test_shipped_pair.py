@@ -1,0 +1,44 @@
+"""The shipped embedded pair: intact, within its size budget, loadable as declared; tokenizer training is
+deterministic, so a rebuild starts from the same tokenizers as the one that made the pair."""
+
+import json
+
+import pytest
+
+from dwakd.data import ASSETS, SHIPPED_DATA, load_jsonl, verify_checksums
+from dwakd.models import load_model, load_tokenizer
+
+PAIR = ASSETS / "mini"
+
+
+def test_checksums_card_and_size():
+    verify_checksums(PAIR)
+    assert "Rebuild" in (PAIR / "MODEL_CARD.md").read_text()
+    total = sum(f.stat().st_size for f in PAIR.rglob("*") if f.is_file())
+    assert total <= 25 * 2**20, f"shipped pair is {total / 2**20:.1f} MiB, budget 25 MiB"
+
+
+def test_tokenizer_training_on_dolly_is_deterministic():
+    import yaml
+
+    from dwakd.config import DEFAULT_CONFIG
+    from dwakd.tokenization import corpus_texts, train_byte_level_bpe, train_sentencepiece_bpe
+
+    tk = yaml.safe_load(DEFAULT_CONFIG.read_text())["pairs"]["mini"]["tokenizers"]
+    texts = corpus_texts(load_jsonl(SHIPPED_DATA / "dolly_train.jsonl.gz"))
+    a = train_sentencepiece_bpe(texts, tk["student_vocab"]).get_vocab()
+    assert a == train_sentencepiece_bpe(texts, tk["student_vocab"]).get_vocab()
+    # the byte-level teacher tokenizer has a fixed alphabet: retraining gives exactly the shipped one
+    assert train_byte_level_bpe(texts, tk["teacher_vocab"]).get_vocab() == load_tokenizer(PAIR / "teacher").get_vocab()
+
+
+@pytest.mark.parametrize("role, arch", [("teacher", "qwen2"), ("student", "llama")])
+def test_models_load_as_declared(role, arch):
+    m = load_model(PAIR / role)
+    sizes = json.loads((PAIR / "sizes.json").read_text())
+    assert m.config.model_type == arch == sizes[f"{role}_arch"]
+    assert sum(p.numel() for p in m.parameters()) == sizes[f"{role}_params"]
+    tok = load_tokenizer(PAIR / role)
+    assert len(tok) == sizes[f"{role}_vocab"] == m.config.vocab_size
+    text = "Name three primary colours.\n\n### Response:\nRed, yellow and blue."
+    assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
