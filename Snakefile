@@ -1,4 +1,5 @@
-# dwakd workflow: data -> tokenizers -> teacher / student base -> distillation runs -> evaluation -> tables.
+# dwakd workflow: data -> tokenizers -> teacher / student base -> per-pair inputs (teacher samples, vocabulary
+# map) -> distillation runs -> evaluation -> tables.
 # `snakemake --cores all` runs the profile named in config/config.yaml (`--config profile=NAME` for another).
 # The Snakefile reads YAML only (no torch), so a dry run costs no more than Snakemake's start-up.
 
@@ -15,6 +16,7 @@ configfile: Path(workflow.basedir) / "config" / "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/per_pair.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/report.smk"

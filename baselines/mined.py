@@ -1,7 +1,7 @@
 """MinED — minimum-edit-distance token and vocabulary alignment (FuseLLM, Wan et al. 2024, arXiv 2401.10491),
 as re-implemented by DSKD (Zhang et al., EMNLP 2024, arXiv 2406.17328) for cross-tokenizer KD.
 
-1. Vocabulary map teacher → student (``build_vocab_map``, once, in ``__init__``): the identical token string
+1. Vocabulary map teacher → student (``build_vocab_map``, once per pair, see below): the identical token string
    (markers converted ``Ġ↔▁``), else the student token of minimum edit distance between the lower-cased,
    marker-free strings; the teacher EOS is mapped to the student EOS. Inverted student → teacher keeping one
    teacher id per student id (``invert_vocab_map``: an identical string first, then the smallest distance).
@@ -24,9 +24,15 @@ prompt token up to the token before EOS) and checks ``t2s[x_t] == x_s``; here th
 to the match and the same target, and the EOS prediction is aligned too. Inside a response the two differ by
 one position at the boundaries only.
 
-The map is built from the two tokenizers in ``__init__`` (rapidfuzz, all cores: seconds for the tiny pair,
-minutes for 150k × 32k vocabularies). ``vocab_map`` names a JSON file to cache it: read when it exists and
-matches the vocabularies, written otherwise.
+The map is built once per pair by ``dwakd vocab-map`` (workflow rule ``vocab_map``,
+``<results>/vocab_maps/teacher_to_student.json``; rapidfuzz, all cores: seconds for the tiny pair, see
+``benchmarks/vocab_map.py`` for 150k × 50k vocabularies) and handed to the run with ``dwakd train
+--vocab-map``, which sets ``vocab_map``. A given map that exists is read, never rebuilt; one written for other
+vocabularies (its fingerprint differs) is an error. A ``vocab_map`` path that does not exist yet is built and
+written there (a cache for runs by hand); without ``vocab_map`` the map is built in memory.
+
+Map file (JSON): ``teacher_to_student`` (the id list), ``fingerprint`` (sha256 of both vocabularies,
+``vocab_fingerprint``), ``teacher_vocab_size``, ``student_vocab_size``, ``overrides`` (the EOS mapping).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from baselines._common import (
     tokens_of,
 )
 from dwakd.align.tokens import build_vocab_map, dtw_align, invert_vocab_map, one_to_one
+from dwakd.errors import ConfigError
 from dwakd.losses.divergences import kl_from_logprobs, token_ce
 from dwakd.methods.base import Method
 from dwakd.models import lm_head_weight
@@ -64,17 +71,58 @@ class MinEDConfig:
 
     kd_rate: float = 0.5  # α (DSKD scripts/gpt2/minedit_gpt2_base.sh: KD_RATE=0.5)
     temperature: float = 2.0  # τ (same script: KD_TEMP=2.0)
-    vocab_map: str = ""  # optional JSON cache of the teacher→student id map ("" = build in memory only)
+    vocab_map: str = ""  # the teacher→student map from `dwakd vocab-map` (`dwakd train --vocab-map`); "" = build
 
     def validate(self, where: str) -> None:
         check_kd(self, where)
 
 
-def _vocab_fingerprint(teacher_vocab: dict, student_vocab: dict) -> str:
+def vocab_fingerprint(teacher_vocab: dict, student_vocab: dict) -> str:
+    """sha256 of both vocabularies (token strings in id order): what a stored map was built for."""
     h = hashlib.sha256()
     for v in (teacher_vocab, student_vocab):
         h.update(json.dumps(sorted(v.items(), key=lambda kv: kv[1]), ensure_ascii=False).encode())
     return h.hexdigest()
+
+
+def eos_override(teacher_tokenizer, student_tokenizer) -> dict[int, int]:
+    """The teacher EOS maps to the student EOS (whatever their strings)."""
+    return {teacher_tokenizer.eos_token_id: student_tokenizer.eos_token_id}
+
+
+def mined_vocab_map(teacher_tokenizer, student_tokenizer, workers: int = -1) -> list[int]:
+    """MinED's teacher → student map of two tokenizers (step 1): ``build_vocab_map`` plus the EOS override."""
+    return build_vocab_map(teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab(), workers=workers,
+                           overrides=eos_override(teacher_tokenizer, student_tokenizer))
+
+
+def write_vocab_map(path: str | os.PathLike, t2s: list[int], teacher_tokenizer, student_tokenizer,
+                    **meta) -> None:
+    """Store a map with the fingerprint of both vocabularies (atomically); ``meta`` is stored as well."""
+    tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"fingerprint": vocab_fingerprint(tv, sv), "teacher_vocab_size": len(tv), "student_vocab_size": len(sv),
+            "overrides": {str(k): v for k, v in eos_override(teacher_tokenizer, student_tokenizer).items()},
+            **meta, "teacher_to_student": list(t2s)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def read_vocab_map(path: str | os.PathLike, teacher_tokenizer, student_tokenizer) -> list[int]:
+    """A stored map, checked against the two tokenizers' vocabularies (a mismatch names the file)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        fp, t2s = data["fingerprint"], data["teacher_to_student"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a vocabulary map written by `dwakd vocab-map` ({e})") from None
+    want = vocab_fingerprint(teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab())
+    if fp != want:
+        raise ConfigError(f"{path}: this vocabulary map was built for other tokenizers (fingerprint {fp[:12]}, these "
+                          f"are {want[:12]}); rebuild it with `dwakd vocab-map`")
+    return [int(x) for x in t2s]
 
 
 @register
@@ -97,7 +145,7 @@ class MinED(Method):
                            "the vocabulary map and the DTW alignment compare token strings")
         self.stok, self.ttok = student_tokenizer, teacher_tokenizer
         tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-        t2s = self._load_or_build_map(tv, sv)
+        t2s = self._load_or_build_map()
         n_student = lm_head_weight(student).size(0)
         s2t = invert_vocab_map(t2s, n_student, teacher_vocab=tv, student_vocab=sv)
         n_teacher = max(lm_head_weight(teacher).size(0), len(t2s))
@@ -107,20 +155,13 @@ class MinED(Method):
         self.register_buffer("s2t", torch.tensor(s2t, dtype=torch.long), persistent=False)  # student → teacher
         self._t2s_list = t2s_full.tolist()  # the same map as a list, for the per-sample Python loop
 
-    def _load_or_build_map(self, tv: dict, sv: dict) -> list[int]:
-        overrides = {self.ttok.eos_token_id: self.stok.eos_token_id}
-        fp = _vocab_fingerprint(tv, sv)
+    def _load_or_build_map(self) -> list[int]:
         path = Path(self.cfg.vocab_map) if self.cfg.vocab_map else None
-        if path is not None and path.exists():
-            data = json.loads(path.read_text())
-            if data.get("fingerprint") == fp:
-                return list(data["teacher_to_student"])
-        t2s = build_vocab_map(tv, sv, overrides=overrides)
+        if path is not None and path.exists():  # given: read, never rebuilt
+            return read_vocab_map(path, self.ttok, self.stok)
+        t2s = mined_vocab_map(self.ttok, self.stok)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"fingerprint": fp, "teacher_to_student": t2s}))
-            os.replace(tmp, path)
+            write_vocab_map(path, t2s, self.ttok, self.stok)
         return t2s
 
     def align(self, student_labels: torch.Tensor, teacher_labels: torch.Tensor

@@ -4,6 +4,8 @@
     dwakd tokenizers  train the pair's two tokenizers
     dwakd models      check and unpack the shipped teacher and student base (with their tokenizers)
     dwakd pretrain    build a model from scratch (pre-training, teacher SFT)
+    dwakd generate    sample the teacher's responses to the training prompts (SeqKD data; resumable)
+    dwakd vocab-map   build the MinED teacher → student vocabulary map of the pair
     dwakd train       distil (or fine-tune) a student with a configured run
     dwakd eval        sampled ROUGE-L over seeds and bits per byte of one model on one set
     dwakd report      tables of runs × sets (Markdown, CSV, LaTeX)
@@ -171,8 +173,19 @@ def cmd_train(args) -> None:
 
     cfg = _cfg(args)
     cls, mcfg, tcfg = build_run(cfg, args.run)
+    if args.vocab_map:
+        if not any(f.name == "vocab_map" for f in dataclasses.fields(mcfg)):
+            raise C.ConfigError(f"--vocab-map: run {args.run} (method {cls.name}) takes no vocabulary map")
+        mcfg = dataclasses.replace(mcfg, vocab_map=str(args.vocab_map))
     if args.max_steps:
         tcfg = dataclasses.replace(tcfg, max_steps=args.max_steps)
+    data = Path(args.data)
+    train_file = Path(args.train_file) if args.train_file else data / "train.jsonl"
+    records = load_jsonl(train_file)
+    if cls.train_data == "teacher":
+        from dwakd.generate import check_generated
+
+        check_generated(records, f"run {args.run} (method {cls.name}): {train_file}")
     _threads(tcfg.num_threads)
     models = Path(args.models)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -184,7 +197,6 @@ def cmd_train(args) -> None:
         teacher.requires_grad_(False)
         ttok = load_tokenizer(models / "teacher")
     method = cls(mcfg, student, teacher, stok, ttok).to(device)
-    data = Path(args.data)
     dev_scorer = None
     if tcfg.select_by != "last":
         dev_scorer = make_dev_scorer(load_jsonl(data / "dev.jsonl"), stok, tcfg)
@@ -192,10 +204,10 @@ def cmd_train(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     C.dump({"run": args.run, "method": cls.name, "citation": cls.citation,
             "method_config": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
+            "train_file": str(train_file), "train_records": len(records),
             "pair": C.pair(cfg), "profile": cfg["profile"]}, out / "resolved_config.yaml")
     t0 = time.time()
-    Trainer(method, student, teacher, stok, ttok, tcfg, out, dev_scorer).fit(
-        load_jsonl(data / "train.jsonl"), resume=args.resume)
+    Trainer(method, student, teacher, stok, ttok, tcfg, out, dev_scorer).fit(records, resume=args.resume)
     print(f"trained {args.run} in {time.time() - t0:.1f}s -> {out / 'model'}")
 
 
@@ -215,40 +227,89 @@ def make_dev_scorer(dev: list[dict], tokenizer, tcfg):
     return score
 
 
+# ------------------------------------------------------------------------------ generate
+
+
+def cmd_generate(args) -> None:
+    """SeqKD data: the teacher's sampled response to every prompt of ``--data`` (dwakd/generate.py)."""
+    import torch
+
+    from dwakd.generate import TeacherGenConfig, fingerprint, generate_dataset
+    from dwakd.methods.base import build_config
+    from dwakd.models import load_model, load_tokenizer
+
+    cfg = _cfg(args)
+    gcfg = build_config(TeacherGenConfig, C.profile(cfg).get("generate"), f"profiles.{cfg['profile']}.generate")
+    _threads(C.profile(cfg)["train"].get("num_threads", 0))
+    records = load_jsonl(args.data)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model).to(device)
+    tokenizer = load_tokenizer(args.model)
+    out = Path(args.out)
+    stats = generate_dataset(model, tokenizer, records, gcfg, out, fingerprint(args.model, records, gcfg),
+                             log=lambda m: print(m, flush=True))
+    C.dump({"model": args.model, "data": args.data, "generate": dataclasses.asdict(gcfg), "profile": cfg["profile"],
+            **stats}, out.with_name(out.stem + ".resolved_config.yaml"))
+    print(json.dumps(stats))
+
+
+# ----------------------------------------------------------------------------- vocab-map
+
+
+def cmd_vocab_map(args) -> None:
+    """MinED's teacher → student vocabulary map of the pair in ``--models`` (baselines/mined.py)."""
+    from baselines.mined import mined_vocab_map, write_vocab_map
+    from dwakd.models import load_tokenizer
+
+    models = Path(args.models)
+    ttok, stok = load_tokenizer(models / "teacher"), load_tokenizer(models / "student_base")
+    t0 = time.time()
+    t2s = mined_vocab_map(ttok, stok, workers=args.workers or -1)
+    seconds = time.time() - t0
+    write_vocab_map(args.out, t2s, ttok, stok, seconds=round(seconds, 2))
+    exact = sum(1 for tok, i in ttok.get_vocab().items() if 0 <= t2s[i] and stok.convert_ids_to_tokens(t2s[i])
+                in (tok, tok.replace("Ġ", "▁"), tok.replace("▁", "Ġ")))
+    print(json.dumps({"teacher_vocab": len(ttok), "student_vocab": len(stok), "exact": exact,
+                      "seconds": round(seconds, 2), "out": args.out}))
+
+
 # ------------------------------------------------------------------------------------ eval
 
 
 def cmd_eval(args) -> None:
+    """Evaluate one model on one or more sets (``--data`` and ``--out`` pair up); the model loads once."""
     import torch
 
-    from dwakd.data import write_jsonl  # noqa: F401  (atomic writes live in data)
     from dwakd.evaluate import GenConfig, evaluate_copy, evaluate_model
     from dwakd.methods.base import build_config
     from dwakd.models import load_model, load_tokenizer
 
     cfg = _cfg(args)
+    if len(args.data) != len(args.out):
+        raise C.ConfigError(f"dwakd eval: {len(args.data)} --data files but {len(args.out)} --out files; "
+                            f"give one output per set")
     ev = C.profile(cfg)["eval"]
     gover = {k: ev[k] for k in ("seeds", "max_new_tokens", "max_prompt_len", "batch_size") if k in ev}
     gcfg = build_config(GenConfig, gover, f"profiles.{cfg['profile']}.eval")
     _threads(C.profile(cfg)["train"].get("num_threads", 0))
-    records = load_jsonl(args.data)
-    t0 = time.time()
-    if args.model == "copy":
-        result = evaluate_copy(records)
-    else:
+    model = tok = None
+    if args.model != "copy":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(args.model).to(device)
-        result = evaluate_model(model, load_tokenizer(args.model), records, gcfg)
-    result["config"] = {"model": args.model, "data": args.data, "generation": dataclasses.asdict(gcfg),
-                        "profile": cfg["profile"], "seconds": time.time() - t0}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, ensure_ascii=False))
-    os.replace(tmp, out)
-    s = result["summary"]
-    print(f"{args.model} {Path(args.data).stem}: ROUGE-L {s['rougeL']['mean']:.2f} ± {s['rougeL']['std']:.2f}, "
-          f"bpb {s['bpb'] if s['bpb'] is None else round(s['bpb'], 4)} ({time.time() - t0:.1f}s)")
+        model, tok = load_model(args.model).to(device), load_tokenizer(args.model)
+    for data, out in zip(args.data, args.out):
+        records = load_jsonl(data)
+        t0 = time.time()
+        result = evaluate_copy(records) if model is None else evaluate_model(model, tok, records, gcfg)
+        result["config"] = {"model": args.model, "data": data, "generation": dataclasses.asdict(gcfg),
+                            "profile": cfg["profile"], "seconds": time.time() - t0}
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, ensure_ascii=False))
+        os.replace(tmp, out)
+        s = result["summary"]
+        print(f"{args.model} {Path(data).stem}: ROUGE-L {s['rougeL']['mean']:.2f} ± {s['rougeL']['std']:.2f}, "
+              f"bpb {s['bpb'] if s['bpb'] is None else round(s['bpb'], 4)} ({time.time() - t0:.1f}s)")
 
 
 # ---------------------------------------------------------------------------------- report
@@ -310,17 +371,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="model to fine-tune (teacher_sft)")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
+    p = add("generate", cmd_generate, "sample the teacher's responses to the training prompts (SeqKD data)")
+    p.add_argument("--model", required=True, help="the teacher's model folder")
+    p.add_argument("--data", required=True, help="training JSONL (its prompts)")
+    p.add_argument("--out", required=True, help="JSONL to write; OUT.partial holds the chunks of an unfinished run")
+    p = add("vocab-map", cmd_vocab_map, "build the MinED teacher → student vocabulary map")
+    p.add_argument("--models", required=True, help="folder with teacher/ and student_base/")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--workers", type=int, default=0, help="processes for the edit distances (0 = all cores)")
     p = add("train", cmd_train, "train a student with a configured run")
     p.add_argument("--run", required=True)
     p.add_argument("--models", required=True, help="folder with teacher/ and student_base/")
     p.add_argument("--data", required=True, help="folder with train.jsonl and dev.jsonl")
+    p.add_argument("--train-file", help="train on this JSONL instead of DATA/train.jsonl (SeqKD: `dwakd generate`)")
+    p.add_argument("--vocab-map", help="a `dwakd vocab-map` file for the run's method (MinED)")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--max-steps", type=int, default=0)
-    p = add("eval", cmd_eval, "evaluate one model on one set")
+    p = add("eval", cmd_eval, "evaluate one model on one or more sets")
     p.add_argument("--model", required=True, help="model folder, or 'copy' for the copy floor")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--data", required=True, nargs="+", help="set files (JSONL)")
+    p.add_argument("--out", required=True, nargs="+", help="one result JSON per --data file")
     p = add("report", cmd_report, "write the result tables")
     p.add_argument("--eval-dir", required=True)
     p.add_argument("--out", required=True)

@@ -43,6 +43,7 @@ class GenConfig:
     max_new_tokens: int = 256
     batch_size: int = 32
     seeds: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50])
+    max_len: int = 0  # > 0: prompt + new tokens ≤ max_len (per batch: the longest prompt of the batch counts)
 
 
 @torch.no_grad()
@@ -67,10 +68,13 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenConfig, seed: int) ->
         for b, i in enumerate(chunk):  # left padding
             input_ids[b, L - len(ids[i]):] = torch.tensor(ids[i])
             mask[b, L - len(ids[i]):] = 1
+        new_tokens = cfg.max_new_tokens if cfg.max_len <= 0 else min(cfg.max_new_tokens, cfg.max_len - L)
+        if new_tokens < 1:
+            raise ValueError(f"generate: a prompt of {L} tokens leaves no room below max_len={cfg.max_len}")
         gen = model.generate(
             input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-            no_repeat_ngram_size=cfg.no_repeat_ngram_size, max_new_tokens=cfg.max_new_tokens,
+            no_repeat_ngram_size=cfg.no_repeat_ngram_size, max_new_tokens=new_tokens,
             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
         )
         for b, i in enumerate(chunk):

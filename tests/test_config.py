@@ -20,6 +20,11 @@ def test_default_config_is_valid():
     ({"profile": "nope"}, r"profile: 'nope' is not defined"),
     ({"profiles": {"mini": {"main_table": ["sft", "ghost"]}}}, r"main_table: 'ghost' is not in methods"),
     ({"profiles": {"mini": {"eval": {"sets": ["dolly", "mmlu"]}}}}, r"eval\.sets: 'mmlu' is not in datasets"),
+    ({"profiles": {"tiny": {"generate": {"temprature": 1.0}}}},
+     r"profiles\.tiny\.generate: Additional properties .*'temprature'"),
+    ({"profiles": {"mini": {"generate": {"empty": "keep"}}}},
+     r"profiles\.mini\.generate\.empty: 'keep' is not one of \['gold', 'drop'\]"),
+    ({"profiles": {"mini": {"generate": {"top_k": -1}}}}, r"profiles\.mini\.generate\.top_k: -1 is less than"),
 ])
 def test_bad_config_names_the_key(over, message):
     with pytest.raises(ConfigError, match=message):
@@ -42,6 +47,15 @@ def test_registry_lists_available_methods_in_its_error():
     assert "sft" in available()
     with pytest.raises(KeyError, match="unknown method 'nope'; available methods: .*sft"):
         get_method("nope")
+
+
+def test_every_profile_generate_section_builds():
+    from dwakd.generate import TeacherGenConfig
+    from dwakd.methods.base import build_config
+
+    cfg = C.load()
+    for name, prof in cfg["profiles"].items():
+        build_config(TeacherGenConfig, prof.get("generate"), f"profiles.{name}.generate")
 
 
 def test_every_configured_run_builds():

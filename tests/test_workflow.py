@@ -2,6 +2,7 @@
 a real run of the tiny profile that produces a table."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _env() -> dict:
+    """The jobs' `dwakd` commands must import this checkout, whatever `pip install -e` last pointed to."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def snakemake(*args, cwd=ROOT, check=True):
     r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *args], cwd=cwd,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=_env())
     if check and r.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
@@ -39,6 +46,22 @@ def test_dry_run_lists_the_dag_without_importing_torch(tmp_path):
     assert "rule train:" in out and "rule eval:" in out and "rule report:" in out
 
 
+def test_seqkd_trains_on_the_teacher_samples_and_mined_reads_the_vocab_map(tmp_path):
+    r = snakemake("-n", "-p", "-d", str(tmp_path), "--cores", "2", "--config", "profile=tiny")
+    out = r.stdout + r.stderr
+    cmds = [ln.split("Shell command: ", 1)[1] for ln in out.splitlines() if ln.startswith("Shell command: ")]
+    train = {c.split("--run ")[1].split()[0]: c for c in cmds if " train " in c}
+    assert set(train) == {"sft", "seqkd", "uld", "mined", "dskd_cma", "dskd_eta", "cma_ga"}
+    gen = "results/tiny/generated/teacher_train.jsonl"
+    vmap = "results/tiny/vocab_maps/teacher_to_student.json"
+    assert f"--train-file {gen}" in train["seqkd"] and "--vocab-map" not in train["seqkd"]
+    assert f"--vocab-map {vmap}" in train["mined"] and "--train-file results/tiny/data/train.jsonl" in train["mined"]
+    for run in ("sft", "uld", "dskd_cma", "dskd_eta", "cma_ga"):
+        assert "--train-file results/tiny/data/train.jsonl" in train[run] and "--vocab-map" not in train[run]
+    # one generate job and one vocab_map job for the pair, shared by every run that needs them
+    assert sum(f"--out {gen}" in c for c in cmds) == 1 and sum(f"--out {vmap}" in c for c in cmds) == 1
+
+
 def test_bad_config_key_fails_the_dry_run_naming_the_key(tmp_path):
     r = snakemake("-n", "-d", str(tmp_path), "--config", "profile=nope", check=False)
     assert r.returncode != 0 and "profile 'nope' is not defined" in r.stdout + r.stderr
@@ -48,19 +71,31 @@ def test_bad_config_key_fails_the_dry_run_naming_the_key(tmp_path):
 
 def test_cli_error_names_the_option(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dwakd.cli", "train", "--run", "ghost", "--models", "x", "--data", "y",
-                        "--out", str(tmp_path)], capture_output=True, text=True)
+                        "--out", str(tmp_path)], capture_output=True, text=True, env=_env())
     assert r.returncode == 2
     assert "run 'ghost' is not in methods" in r.stderr
 
 
 @pytest.mark.slow
 def test_tiny_profile_runs_end_to_end(tmp_path):
-    """The real tiny run (CI runs it): builds a tiny pair from scratch, trains SFT, evaluates, reports."""
+    """The real tiny run (CI runs it): builds a tiny pair from scratch, trains SFT and every baseline,
+    evaluates, reports."""
     snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny")
     tables = tmp_path / "results" / "tiny" / "tables"
     md = (tables / "main.md").read_text()
-    for row in ("Copy instruction+input", "Teacher", "SFT"):
-        assert row in md
+    sections = md.split("## ")[1:]  # ROUGE-L, then bits per byte
+    assert len(sections) == 2
+    for section in sections:
+        rows = [ln.split("|")[1].strip() for ln in section.splitlines() if ln.startswith("| ")]
+        for row in ("Copy instruction+input", "Teacher", "SFT", "SeqKD", "ULD", "MinED", "DSKD-CMA", "DSKD-ETA",
+                    "DSKD-CMA-GA"):
+            assert row in rows, (row, rows)
+    tiny = tmp_path / "results" / "tiny"
+    gen = tiny / "generated" / "teacher_train.jsonl"
+    assert len(gen.read_text().splitlines()) == 64
+    assert f"train_file: {gen.relative_to(tmp_path)}" in (tiny / "runs" / "seqkd" / "resolved_config.yaml").read_text()
+    vmap = tiny / "vocab_maps" / "teacher_to_student.json"
+    assert f"vocab_map: {vmap.relative_to(tmp_path)}" in (tiny / "runs" / "mined" / "resolved_config.yaml").read_text()
     for col in ("Dolly", "SelfInst", "VicunaEval", "S-NI", "Avg"):
         assert col in md
     assert (tables / "main.csv").exists() and (tables / "main.tex").exists()
@@ -71,6 +106,12 @@ def test_tiny_profile_runs_end_to_end(tmp_path):
     # a second invocation has nothing to do
     r = snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny", "-n")
     assert "Nothing to be done" in r.stdout + r.stderr
+    # new evaluation settings rewrite the data files and retrain, but the teacher's samples are reused
+    over = tmp_path / "over.yaml"
+    over.write_text("profiles: {tiny: {eval: {limit: 5}}}\n")
+    r = snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny", "--configfile", str(over), "-n")
+    out = r.stdout + r.stderr
+    assert "rule data:" in out and "rule train:" in out and "rule generate:" not in out
     # the maintainers' rebuild target packs the built pair like dwakd/assets/mini
     snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny", "--", "ship")
     shipped = tmp_path / "results" / "tiny" / "build" / "shipped_tiny"

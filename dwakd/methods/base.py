@@ -58,6 +58,9 @@ class Method(nn.Module):
     teacher_outputs: ClassVar[frozenset[str]] = frozenset()
     #: does the method read the teacher's tokenisation of each sample (cross-tokenizer batches)?
     needs_teacher_tokens: ClassVar[bool] = False
+    #: what the method trains on: "gold" (the data's responses) or "teacher" (``dwakd generate``'s teacher
+    #: samples, passed to ``dwakd train --train-file``; the workflow does it for the runs of such methods)
+    train_data: ClassVar[str] = "gold"
 
     def __init__(self, cfg, student: nn.Module, teacher: nn.Module | None = None,
                  student_tokenizer=None, teacher_tokenizer=None):

@@ -36,6 +36,9 @@ LOCAL_SETS = [s for s in EVAL_SETS if s != "unni"]
 RUNS = PROFILE["main_table"]
 REBUILD = bool(config.get("rebuild_models")) or not PAIR.get("shipped")
 ENV = "../envs/dwakd.yaml"
+# threads of each model job (train, eval, generate, ...): all of --cores unless the profile says fewer, so
+# that small models' jobs (whose time is mostly start-up) run side by side
+JOB_THREADS = PROFILE.get("threads") or workflow.cores
 
 
 def _write_resolved_config() -> str:
@@ -66,6 +69,61 @@ def parent(path, levels=1):
     return path
 
 
+# Which runs need the per-pair inputs of workflow/rules/per_pair.smk. The Snakefile cannot ask the registry
+# (that imports torch), so the method names are listed here; `dwakd train` refuses a SeqKD run whose training
+# file does not come from `dwakd generate`.
+TEACHER_DATA_METHODS = {"seqkd"}  # methods whose `train_data` is "teacher"
+VOCAB_MAP_METHODS = {"mined"}  # methods whose Config has a `vocab_map` field
+
+
+def run_method(run):
+    return config["methods"][run]["method"]
+
+
+def train_file(w):
+    """The training JSONL of a run: the teacher's generations for SeqKD, else the gold training data."""
+    if run_method(w.run) in TEACHER_DATA_METHODS:
+        return rules.generate.output
+    return rules.data.output.train
+
+
+def run_vocab_map(w):
+    return rules.vocab_map.output if run_method(w.run) in VOCAB_MAP_METHODS else []
+
+
+def vocab_map_arg(w, input):
+    return f"--vocab-map {input.vocab_map}" if input.vocab_map else ""
+
+
+def ancient_of(files):
+    """``ancient`` copies of another rule's output paths (flagging those in place would flag the other rule's
+    output objects as well)."""
+    files = [files] if isinstance(files, str) else files
+    return ancient([str(f) for f in files])
+
+
+def _shipped_sums():
+    """The shipped pair's checksums: their content changes when new models are shipped under the same name."""
+    if REBUILD:
+        return None
+    sums = Path(workflow.basedir) / "dwakd" / "assets" / PAIR["shipped"] / "SHA256SUMS"
+    return sums.read_text() if sums.exists() else None
+
+
+SHIPPED_SUMS = _shipped_sums()
+# what the teacher (and its tokenizer) depends on: the shipped files, or the settings that build it
+TEACHER_KEY = (
+    SHIPPED_SUMS
+    if not REBUILD
+    else [
+        PAIR["teacher"],
+        PAIR.get("tokenizers"),
+        PAIR.get("build", {}).get("teacher_pretrain"),
+        PAIR.get("build", {}).get("teacher_sft"),
+    ]
+)
+
+
 def eval_model_input(w):
     """The model folder a row of the table is read from ('copy' needs none)."""
     if w.model == "copy":
@@ -83,5 +141,3 @@ def eval_model_arg(w, input):
     return input.model
 
 
-def eval_data(w):
-    return f"{R}/data/{w.set}.jsonl"

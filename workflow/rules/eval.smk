@@ -1,20 +1,20 @@
 rule eval:
     input:
         model=eval_model_input,
-        data=eval_data,
+        data=expand(f"{R}/data/{{s}}.jsonl", s=EVAL_SETS),
     output:
-        f"{R}/eval/{{model}}/{{set}}.json",
+        expand(f"{R}/eval/{{{{model}}}}/{{s}}.json", s=EVAL_SETS),
     params:
         cfg=CFG,
         key=digest(PROFILE["eval"]),
         model=eval_model_arg,
-    threads: workflow.cores
+    threads: JOB_THREADS
     resources:
         gpu=1,
     log:
-        f"{R}/logs/eval/{{model}}/{{set}}.log",
+        f"{R}/logs/eval/{{model}}.log",
     benchmark:
-        f"{R}/benchmarks/eval/{{model}}/{{set}}.tsv"
+        f"{R}/benchmarks/eval/{{model}}.tsv"
     conda:
         ENV
     shell:

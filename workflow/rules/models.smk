@@ -32,7 +32,7 @@ if REBUILD:
             cfg=CFG,
             key=lambda w: digest(PAIR[w.role], PAIR.get("build", {}).get(f"{w.role}_pretrain")),
             out=lambda w, output: parent(output[0]),
-        threads: workflow.cores
+        threads: JOB_THREADS
         resources:
             gpu=1,
         log:
@@ -55,7 +55,7 @@ if REBUILD:
             cfg=CFG,
             key=digest(PAIR.get("build", {}).get("teacher_sft")),
             out=lambda w, output: parent(output[0]),
-        threads: workflow.cores
+        threads: JOB_THREADS
         resources:
             gpu=1,
         log:
@@ -112,7 +112,7 @@ else:
             directory(f"{R}/models"),
         params:
             cfg=CFG,
-            key=digest(PAIR.get("shipped")),
+            key=digest(PAIR.get("shipped"), SHIPPED_SUMS),
         log:
             f"{R}/logs/models.log",
         benchmark:

@@ -1,16 +1,18 @@
 rule train:
     input:
         models=rules.models.output,
-        train=rules.data.output.train,
+        train=train_file,  # SeqKD: rules.generate.output (the teacher's samples); else the gold data
         dev=rules.data.output.dev,
+        vocab_map=run_vocab_map,  # MinED: rules.vocab_map.output; else nothing
     output:
         directory(f"{R}/runs/{{run}}/model"),
     params:
         cfg=CFG,
         key=lambda w: digest(config["methods"][w.run], PROFILE["train"], PROFILE.get("train_limit")),
         out=lambda w, output: parent(output[0]),
-        data=lambda w, input: parent(input.train),
-    threads: workflow.cores
+        data=lambda w, input: parent(input.dev),
+        vocab_map=vocab_map_arg,
+    threads: JOB_THREADS
     resources:
         gpu=1,
     log:
@@ -21,4 +23,5 @@ rule train:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} dwakd train --config {params.cfg} --run {wildcards.run} "
-        "--models {input.models} --data {params.data} --out {params.out} --resume > {log} 2>&1"
+        "--models {input.models} --data {params.data} --train-file {input.train} {params.vocab_map} "
+        "--out {params.out} --resume > {log} 2>&1"
