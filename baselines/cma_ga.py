@@ -21,16 +21,26 @@ one of the method's parameters (AdamW group at ``projector_lr``).
 Variants (``variant``):
 
 * ``"paper"`` (default): as above — the discriminator is trained and the reversed gradient reaches P_query.
-* ``"reference_code"``: the public code's behaviour — q is detached before D and D is never optimised (here:
-  its parameters are frozen, so the training loop leaves them out of the optimiser). The GA term is then a
-  constant that changes no weight; it is still computed and logged for comparison.
+* ``"reference_code"``: what the public code (stellaevat/DSKD-KQ) computes. Its ``forward`` unpacks the CMA
+  function's ``(…, queries, keys)`` as ``(…, keys, queries)``, so the *queries* enter the "real" branch —
+  through the gradient reversal, not detached, BCE target 1 — and the *keys* the detached "fake" branch,
+  target 0; D is never added to the optimiser (here: its parameters are frozen). So D stays at its random
+  initialisation and the reversed gradient still reaches P_query, pushing D(q) towards the keys' label::
+
+      L_GA(reference_code) = Σ_i BCE(D(R_β(q_i)), 1) + (n_s / n_t)·Σ_j BCE(D(k_j), 0)
+
+  weighted by ``kq_rate / n_s`` instead of ``kq_rate``: the public code adds the GA *mean* to token sums
+  before dividing by the token count.
+
+  (METHODS.md reads the code's ``q.detach()`` as detaching the queries; the parity fixture
+  ``tests/fixtures/parity/dskd_kq`` shows the reference's query-projector gradient changes with the GA term.)
 
 Logged terms (token-summed): DSKD-CMA's ``ce``, ``ce_t2s``, ``kd_stu``, ``kd_tea``, ``t2s_acc``, plus ``ga``.
 
 Deviations from the reference code: BCE over the response positions only (the reference takes the mean over
-every position of the padded batch, prompt and padding included, then divides by the batch's token count,
-which makes the term ~1/N of what the paper's formula gives); the variant ``paper`` fixes the detach / missing
-optimiser described in METHODS.md.
+every position of the padded batch, prompt and padding included); the variant ``paper`` trains D, gives the
+queries the "fake" label and weights the per-token GA by ``kq_rate`` (the reference: ``kq_rate/N``), as the
+paper describes.
 """
 
 from __future__ import annotations
@@ -115,8 +125,9 @@ class DSKDCMAGA(Method):
 
     name = "cma_ga"
     Config = CMAGAConfig
-    citation = ("DSKD-CMA-GA: key-query matching of DSKD's cross-model attention by adversarial learning, "
-                "ICASSP 2026, arXiv 2603.22056 (code: stellaevat/DSKD-KQ); builds on DSKD, arXiv 2406.17328.")
+    citation = ("Tsiapali, Do and Knill, 'Dual-Space Knowledge Distillation with Key-Query Matching for Large "
+                "Language Models with Vocabulary Mismatch' (DSKD-CMA-GA), ICASSP 2026, arXiv 2603.22056 "
+                "(code: stellaevat/DSKD-KQ); builds on DSKD, arXiv 2406.17328.")
     needs_teacher = True
     needs_teacher_tokens = True
     student_outputs: ClassVar[frozenset[str]] = frozenset({"hidden", "embeds"})
@@ -141,17 +152,21 @@ class DSKDCMAGA(Method):
     def ga_term(self, t: CMATerms) -> torch.Tensor:
         """``L_GA`` (token-summed) from the queries and keys of the CMA at the response positions."""
         q = t.cma.q[t.student_mask]
-        k = t.cma.k[t.teacher_mask]
-        q = grad_reverse(q, self.cfg.grl_beta) if self.cfg.variant == "paper" else q.detach()
-        fake = self.discriminator(q).float()
-        real = self.discriminator(k.to(q.dtype)).float()
-        bce_fake = F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="sum")
-        bce_real = F.binary_cross_entropy_with_logits(real, torch.ones_like(real), reduction="sum")
-        return bce_fake + bce_real * (q.size(0) / max(k.size(0), 1))
+        k = t.cma.k[t.teacher_mask].detach()
+        # paper: queries "fake" (0), keys "real" (1); reference_code: the public code's swapped labels
+        q_label, k_label = (0.0, 1.0) if self.cfg.variant == "paper" else (1.0, 0.0)
+        d_q = self.discriminator(grad_reverse(q, self.cfg.grl_beta)).float()
+        d_k = self.discriminator(k.to(q.dtype)).float()
+        bce_q = F.binary_cross_entropy_with_logits(d_q, torch.full_like(d_q, q_label), reduction="sum")
+        bce_k = F.binary_cross_entropy_with_logits(d_k, torch.full_like(d_k, k_label), reduction="sum")
+        return bce_q + bce_k * (q.size(0) / max(k.size(0), 1))
 
     def loss(self, batch, student_out, teacher_out):
         t = self.terms(batch, student_out, teacher_out)
         ga = self.ga_term(t)
         a = self.cfg.kd_rate
-        loss = (1.0 - a) * t.ce + a * (t.ce_t2s + t.kd_stu + t.kd_tea) + self.cfg.kq_rate * ga
+        kq = self.cfg.kq_rate
+        if self.cfg.variant == "reference_code":  # the public code adds the GA *mean* to token sums: kq/N
+            kq = kq / t.student_mask.sum().clamp(min=1)
+        loss = (1.0 - a) * t.ce + a * (t.ce_t2s + t.kd_stu + t.kd_tea) + kq * ga
         return loss, {**t.logs(), "ga": ga.detach()}

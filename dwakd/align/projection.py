@@ -12,9 +12,12 @@ shared vocabulary (``shared_vocab``: the n tokens whose strings exist in both vo
 * s2t, not learned: ``M_s2t = Ŵ_s · pinv(Ŵ_t) [d_s, d_t]``, ``h_s2t = h_s M_s2t``, recomputed every step from the
   current (detached) student head. ``pinv(Ŵ_t)`` depends on the frozen teacher only, so it is computed once.
 
-Deviation from DSKD v2's code: its per-step s2t product multiplies the *whole* student head by the pinv of the
-*overlap* teacher head, which only has matching shapes when the vocabularies coincide (or with its
-``topk_vocab`` option); here both sides are restricted to the same overlap, as the formula says.
+DSKD v2's ETA criterion (``dual_space_kd_v2_with_exact_token_alignment.py``) restricts both heads to the
+overlap, as here (parity: ``tests/test_parity_v2_kq_recipes.py``); its plain v2 criterion
+(``dual_space_kd_v2.py``) multiplies the *whole* student head by the pinv of the overlap teacher head, which
+has matching shapes only when the vocabularies coincide (or with its ``topk_vocab`` option). On a token string
+shared twice after ``Ġ→▁`` (a vocabulary holding both ``Ġx`` and ``▁x``) we keep the lowest id; the reference
+keeps the last one its ``get_vocab()`` lists.
 """
 
 from __future__ import annotations

@@ -62,8 +62,11 @@ def exact_token_alignment(student_tokens: list[str], teacher_tokens: list[str], 
     (``\\n``, ``é``). After such a mismatch the accumulated texts differ for good, so nothing later in the
     sequence aligns. ``offsets_alignment`` does not have this limit.
 
-    Deviation from the reference code: an EOS match appends the same sentinel to both accumulated texts
-    (the reference appends the two different EOS strings), so text after an EOS can still align.
+    Deviations from the reference code: an EOS match appends the same sentinel to both accumulated texts
+    (the reference appends the two different EOS strings), so text after an EOS can still align; and a token
+    counts as EOS on either side when it is in ``eos`` (the reference wants the student's EOS string on the
+    student side and the teacher's on the teacher side; they differ only when one side writes the other
+    tokenizer's EOS name as a token). Parity fixture: ``tests/fixtures/parity/dskdv2/eta_cases.json``.
     """
     eos = frozenset(eos)
     s_raw, t_raw = student_tokens, teacher_tokens

@@ -163,8 +163,9 @@ def adaptive_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask
     """Adaptive KL (Wu et al. 2024, "Rethinking KL divergence in KD for LLMs", arXiv 2404.02657).
 
     Per position, sort the teacher probabilities in ascending order; the *tail* is the prefix whose
-    cumulative teacher mass is < μ (μ = 0.5), the *head* is the rest (the most probable tokens, holding
-    ≥ μ of the mass). With ``g_part = Σ_{v ∈ part} |p_t(v) − p_s(v)|``:
+    cumulative teacher mass is ≤ μ (μ = 0.5; ``≤`` as DSKD's code, which matters only when a cumulative sum
+    equals μ exactly), the *head* is the rest (the most probable tokens, holding ≥ 1 − μ of the mass).
+    With ``g_part = Σ_{v ∈ part} |p_t(v) − p_s(v)|``:
     ``AKL = g_head/(g_head + g_tail) · FKL + g_tail/(g_head + g_tail) · RKL``.
     The weights g are detached (as in DSKD's code). When ``g_head + g_tail = 0`` (identical distributions,
     where DSKD's code gives 0/0 = NaN) the weights are ½/½, so AKL = 0 there.
@@ -173,7 +174,7 @@ def adaptive_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask
     with torch.no_grad():
         pt_sorted, order = lt.exp().sort(dim=-1)
         gap = (pt_sorted - ls.exp().gather(-1, order)).abs()
-        tail = pt_sorted.cumsum(-1) < mu
+        tail = pt_sorted.cumsum(-1) <= mu
         g_tail = (gap * tail).sum(-1)
         g_head = (gap * ~tail).sum(-1)
         total = g_head + g_tail

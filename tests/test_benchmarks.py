@@ -1,0 +1,30 @@
+"""The benchmark scripts run (on the tiny pair); their numbers are not asserted, only their shape."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_step_time_reports_every_run_relative_to_sft(tiny_pair, tmp_path):
+    out = tmp_path / "steps.json"
+    rc = _load("step_time").main(["--profile", "tiny", "--models", str(tiny_pair), "--runs", "dskd_cma", "mined",
+                                  "--batch", "4", "--threads", "1", "--warmup", "0", "--repeat", "2",
+                                  "--out", str(out)])
+    assert rc == 0
+    rows = {r["run"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["sft", "dskd_cma", "mined"]  # SFT is always measured: it is the baseline
+    assert rows["sft"]["vs_sft"] == 1.0
+    for r in rows.values():
+        assert len(r["all_s"]) == 2 and r["step_s"] == min(r["all_s"]) > 0
+        assert r["peak_mem_mb"] is not None  # CPU: from a child process per run
