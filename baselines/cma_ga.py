@@ -46,16 +46,13 @@ paper describes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines._common import check_choice, check_kd, check_range, pad_id, require_teacher
-from baselines.dskd_cma import CMATerms, dual_space_cma_terms, model_dims
-from dwakd.align.cma import CrossModelAttention
-from dwakd.methods.base import Method
+from baselines._common import check_choice, check_kd, check_range
+from baselines.dskd_cma import CMATerms, DSKDCMA, model_dims
 from dwakd.registry import register
 
 VARIANTS = ("paper", "reference_code")
@@ -120,7 +117,7 @@ class KQDiscriminator(nn.Module):
 
 
 @register
-class DSKDCMAGA(Method):
+class DSKDCMAGA(DSKDCMA):
     """DSKD-CMA with adversarial key–query matching (see the module docstring)."""
 
     name = "cma_ga"
@@ -128,26 +125,13 @@ class DSKDCMAGA(Method):
     citation = ("Tsiapali, Do and Knill, 'Dual-Space Knowledge Distillation with Key-Query Matching for Large "
                 "Language Models with Vocabulary Mismatch' (DSKD-CMA-GA), ICASSP 2026, arXiv 2603.22056 "
                 "(code: stellaevat/DSKD-KQ); builds on DSKD, arXiv 2406.17328.")
-    needs_teacher = True
-    needs_teacher_tokens = True
-    student_outputs: ClassVar[frozenset[str]] = frozenset({"hidden", "embeds"})
-    teacher_outputs: ClassVar[frozenset[str]] = frozenset({"hidden", "embeds"})
 
     def __init__(self, cfg, student, teacher=None, student_tokenizer=None, teacher_tokenizer=None):
         super().__init__(cfg, student, teacher, student_tokenizer, teacher_tokenizer)
-        require_teacher(self.name, teacher)
-        self._models = (student, teacher)  # not registered: the models stay out of parameters()
-        self.pads = (pad_id(student_tokenizer, student), pad_id(teacher_tokenizer, teacher))
-        d_s, d_t = model_dims(student, teacher)
-        self.cma = CrossModelAttention(d_s, d_t, bias=True)
+        _, d_t = model_dims(student, teacher)
         self.discriminator = KQDiscriminator(2 * d_t, cfg.disc_hidden, cfg.disc_dropout, cfg.leaky_slope)
         if cfg.variant == "reference_code":
             self.discriminator.requires_grad_(False)  # the public code never adds it to the optimiser
-
-    def terms(self, batch, student_out, teacher_out, return_attention: bool = False) -> CMATerms:
-        return dual_space_cma_terms(self.cma, *self._models, *self.pads, batch, student_out, teacher_out,
-                                    divergence_name=self.cfg.divergence, temperature=self.cfg.temperature,
-                                    return_attention=return_attention)
 
     def ga_term(self, t: CMATerms) -> torch.Tensor:
         """``L_GA`` (token-summed) from the queries and keys of the CMA at the response positions."""

@@ -42,8 +42,8 @@ Deviations from DSKD v2's code (which METHODS.md asks to avoid or which we judge
   those whose argmax maps;
 * L_kd_stu is always masked by the agreement (the code drops the mask once the agreement exceeds a threshold,
   1.0 by default, i.e. never);
-* the pinv initialisation includes the EOS pair and restricts both heads to the overlap in the s2t map;
-  no on-policy mode.
+* the pinv initialisation adds the EOS pair to the overlap (the s2t map restricts both heads to the overlap,
+  as v2's ETA criterion does); no on-policy mode.
 """
 
 from __future__ import annotations

@@ -1,12 +1,18 @@
-"""Summarise the wall time of every rule of a workflow run from Snakemake's `benchmark:` files.
+"""Summarise a workflow run: the wall time of every rule (Snakemake's `benchmark:` files) and, per trained run,
+the step time from its training log relative to SFT's.
 
     python benchmarks/workflow_times.py [results_dir]
 
-Prints one line per job (seconds, max RSS) and the totals per rule, sorted by time.
+Prints one line per job (seconds, max RSS), the totals per rule sorted by time, then per run of
+``<results>/runs/*/train_log.jsonl``: steps, the median and total step time, the median relative to SFT's
+median (the runs of one workflow share the machine and the batch order, so the ratio is the comparable
+number) and the peak memory the log reports.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -32,6 +38,26 @@ def main(results: str = "results") -> None:
     for rule, s in sorted(per_rule.items(), key=lambda r: -r[1]):
         print(f"  {rule:20s} {s:8.1f} s")
     print(f"  {'total (sequential)':20s} {sum(per_rule.values()):8.1f} s")
+    steps = step_times(Path(results))
+    if steps:
+        print("\n| run | steps | median step (s) | × SFT | total step time (s) | peak memory (MB) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        sft = steps.get("sft", {}).get("median")
+        for run, r in steps.items():
+            ratio = f"{r['median'] / sft:.2f}" if sft else "–"
+            print(f"| {run} | {r['steps']} | {r['median']:.3f} | {ratio} | {r['total']:.1f} | {r['peak_mb']:.0f} |")
+
+
+def step_times(results: Path) -> dict[str, dict]:
+    """Per run: number of optimiser steps, median and total ``step_time_s``, largest ``peak_mem_mb``."""
+    out = {}
+    for log in sorted((results / "runs").glob("*/train_log.jsonl")):
+        recs = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+        t = [r["step_time_s"] for r in recs if "step_time_s" in r]
+        if t:
+            out[log.parent.name] = {"steps": len(t), "median": statistics.median(t), "total": sum(t),
+                                    "peak_mb": max(r.get("peak_mem_mb", 0.0) for r in recs)}
+    return out
 
 
 if __name__ == "__main__":

@@ -28,3 +28,15 @@ def test_step_time_reports_every_run_relative_to_sft(tiny_pair, tmp_path):
     for r in rows.values():
         assert len(r["all_s"]) == 2 and r["step_s"] == min(r["all_s"]) > 0
         assert r["peak_mem_mb"] is not None  # CPU: from a child process per run
+
+
+def test_workflow_times_step_summary_reads_the_training_logs(tmp_path):
+    for run, times in {"sft": [1.0, 2.0, 3.0], "uld": [4.0, 5.0, 6.0, 100.0]}.items():
+        d = tmp_path / "runs" / run
+        d.mkdir(parents=True)
+        lines = [{"step": i + 1, "step_time_s": t, "peak_mem_mb": 10.0 * (i + 1)} for i, t in enumerate(times)]
+        lines.append({"step": len(times), "epoch": 0, "dev_last": None})  # an end-of-epoch line has no step time
+        (d / "train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    s = _load("workflow_times").step_times(tmp_path)
+    assert s["sft"] == {"steps": 3, "median": 2.0, "total": 6.0, "peak_mb": 30.0}
+    assert s["uld"]["median"] == 5.5 and s["uld"]["steps"] == 4 and s["uld"]["peak_mb"] == 40.0
