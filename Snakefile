@@ -25,4 +25,4 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        rules.report.output,
+        expand(f"{R}/tables/{{table}}.{{ext}}", table=list(TABLES), ext=["md", "csv", "tex"]),

@@ -320,14 +320,19 @@ def cmd_report(args) -> None:
 
     cfg = _cfg(args)
     prof = C.profile(cfg)
-    rows = ["copy", "teacher", *prof["main_table"]]
+    tables = C.tables(prof)
+    if args.table not in tables:
+        raise C.ConfigError(f"--table {args.table}: profile {cfg['profile']!r} defines the tables "
+                            f"{sorted(tables)} (an ablation table needs profiles.{cfg['profile']}.ablation_table)")
+    runs = tables[args.table]
+    rows = ["copy", "teacher", *runs] if args.table == "main" else runs
     titles = {"copy": "Copy instruction+input", "teacher": "Teacher"}
-    titles.update({r: cfg["methods"][r].get("title", r) for r in prof["main_table"]})
+    titles.update({r: cfg["methods"][r].get("title", r) for r in runs})
     sets = prof["eval"]["sets"]
     set_titles = {s: cfg["datasets"][s]["title"] for s in sets}
-    tables = main_table(Path(args.eval_dir), rows, sets, titles, set_titles)
-    write_tables(tables, Path(args.out), "main")
-    print((Path(args.out) / "main.md").read_text())
+    result = main_table(Path(args.eval_dir), rows, sets, titles, set_titles)
+    write_tables(result, Path(args.out), args.table)
+    print((Path(args.out) / f"{args.table}.md").read_text())
 
 
 def cmd_ship(args) -> None:
@@ -392,9 +397,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder, or 'copy' for the copy floor")
     p.add_argument("--data", required=True, nargs="+", help="set files (JSONL)")
     p.add_argument("--out", required=True, nargs="+", help="one result JSON per --data file")
-    p = add("report", cmd_report, "write the result tables")
+    p = add("report", cmd_report, "write a result table (main or ablation)")
     p.add_argument("--eval-dir", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--table", default="main", help="main (default) or ablation: <out>/<table>.{md,csv,tex}")
     p = add("ship", cmd_ship, "store a built pair (bf16, checksums, model card) for dwakd/assets/")
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)

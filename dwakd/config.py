@@ -77,9 +77,19 @@ def check(cfg: dict) -> None:
     for s in prof["eval"]["sets"]:
         if s not in cfg["datasets"]:
             raise ConfigError(f"profiles.{name}.eval.sets: {s!r} is not in datasets ({sorted(cfg['datasets'])})")
-    for r in prof["main_table"]:
-        if r not in cfg["methods"]:
-            raise ConfigError(f"profiles.{name}.main_table: {r!r} is not in methods ({sorted(cfg['methods'])})")
+    for key, runs in tables(prof).items():
+        for r in runs:
+            if r not in cfg["methods"]:
+                raise ConfigError(f"profiles.{name}.{key}_table: {r!r} is not in methods ({sorted(cfg['methods'])})")
+
+
+def tables(prof: dict) -> dict[str, list[str]]:
+    """The result tables of a profile: ``main`` (below the copy floor and the teacher) and, when the profile
+    has a non-empty ``ablation_table``, ``ablation`` (its runs only, in order: the paper's Table 3 layout)."""
+    out = {"main": list(prof["main_table"])}
+    if prof.get("ablation_table"):
+        out["ablation"] = list(prof["ablation_table"])
+    return out
 
 
 def profile(cfg: dict) -> dict[str, Any]:

@@ -19,6 +19,7 @@ def test_default_config_is_valid():
     ({"typo_key": 1}, r"\(top level\): Additional properties .*'typo_key'"),
     ({"profile": "nope"}, r"profile: 'nope' is not defined"),
     ({"profiles": {"mini": {"main_table": ["sft", "ghost"]}}}, r"main_table: 'ghost' is not in methods"),
+    ({"profiles": {"mini": {"ablation_table": ["ghost"]}}}, r"profiles\.mini\.ablation_table: 'ghost' is not in"),
     ({"profiles": {"mini": {"eval": {"sets": ["dolly", "mmlu"]}}}}, r"eval\.sets: 'mmlu' is not in datasets"),
     ({"profiles": {"tiny": {"generate": {"temprature": 1.0}}}},
      r"profiles\.tiny\.generate: Additional properties .*'temprature'"),

@@ -26,14 +26,19 @@ PAIR = config["pairs"][PAIR_NAME]
 for _s in PROFILE["eval"]["sets"]:
     if _s not in config["datasets"]:
         raise ValueError(f"config: profiles.{PROFILE_NAME}.eval.sets: {_s!r} is not in datasets")
-for _r in PROFILE["main_table"]:
-    if _r not in config["methods"]:
-        raise ValueError(f"config: profiles.{PROFILE_NAME}.main_table: {_r!r} is not in methods")
+# the result tables: main (copy floor, teacher, main_table) and, if the profile lists runs, ablation
+TABLES = {"main": PROFILE["main_table"]}
+if PROFILE.get("ablation_table"):
+    TABLES["ablation"] = PROFILE["ablation_table"]
+for _t, _runs in TABLES.items():
+    for _r in _runs:
+        if _r not in config["methods"]:
+            raise ValueError(f"config: profiles.{PROFILE_NAME}.{_t}_table: {_r!r} is not in methods")
 
 R = config.get("results_dir") or PROFILE["results_dir"]
 EVAL_SETS = PROFILE["eval"]["sets"]
 LOCAL_SETS = [s for s in EVAL_SETS if s != "unni"]
-RUNS = PROFILE["main_table"]
+RUNS = list(dict.fromkeys(r for runs in TABLES.values() for r in runs))  # every run of every table, once
 REBUILD = bool(config.get("rebuild_models")) or not PAIR.get("shipped")
 ENV = "../envs/dwakd.yaml"
 # threads of each model job (train, eval, generate, ...): all of --cores unless the profile says fewer, so
@@ -141,3 +146,7 @@ def eval_model_arg(w, input):
     return input.model
 
 
+def table_models(w):
+    """The models whose evaluations a table reads: main adds the copy floor and the teacher."""
+    runs = TABLES[w.table]
+    return ["copy", "teacher", *runs] if w.table == "main" else runs

@@ -1,19 +1,22 @@
 rule report:
     input:
-        expand(f"{R}/eval/{{model}}/{{set}}.json", model=["copy", "teacher", *RUNS], set=EVAL_SETS),
+        lambda w: expand(f"{R}/eval/{{model}}/{{s}}.json", model=table_models(w), s=EVAL_SETS),
     output:
-        md=f"{R}/tables/main.md",
-        csv=f"{R}/tables/main.csv",
-        tex=f"{R}/tables/main.tex",
+        md=f"{R}/tables/{{table}}.md",
+        csv=f"{R}/tables/{{table}}.csv",
+        tex=f"{R}/tables/{{table}}.tex",
+    wildcard_constraints:
+        table="|".join(TABLES),
     params:
         cfg=CFG,
-        eval_dir=lambda w, input: parent(input[0], 2),
+        eval_dir=f"{R}/eval",
         out=lambda w, output: parent(output.md),
     log:
-        f"{R}/logs/report.log",
+        f"{R}/logs/report/{{table}}.log",
     benchmark:
-        f"{R}/benchmarks/report.tsv"
+        f"{R}/benchmarks/report/{{table}}.tsv"
     conda:
         ENV
     shell:
-        "dwakd report --config {params.cfg} --eval-dir {params.eval_dir} --out {params.out} > {log} 2>&1"
+        "dwakd report --config {params.cfg} --eval-dir {params.eval_dir} --out {params.out} --table {wildcards.table} "
+        "> {log} 2>&1"
