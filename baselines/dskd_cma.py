@@ -69,6 +69,9 @@ class CMATerms:
     teacher_mask: torch.Tensor  # [B, T]
     z_t2s: torch.Tensor  # [N_s, V_s] projected-teacher logits at the student's response positions
     z_s2t: torch.Tensor  # [N_t, V_t] projected-student logits at the teacher's response positions
+    acc: torch.Tensor | None = None  # [N_s] bool: argmax z_t2s is the gold token (L_kd_stu's mask)
+    kd_stu_pos: torch.Tensor | None = None  # [N_s] unmasked D_τ(p_t2s ‖ p_s) per position (``per_position``)
+    kd_tea_pos: torch.Tensor | None = None  # [N_t] KL_τ(p_t ‖ p_s2t) per position (``per_position``)
 
     def logs(self) -> dict[str, torch.Tensor]:
         return {"ce": self.ce.detach(), "ce_t2s": self.ce_t2s.detach(), "kd_stu": self.kd_stu.detach(),
@@ -77,7 +80,7 @@ class CMATerms:
 
 def dual_space_cma_terms(cma: CrossModelAttention, student, teacher, student_pad: int, teacher_pad: int,
                          batch: dict, student_out, teacher_out, *, divergence_name: str, temperature: float,
-                         return_attention: bool = False) -> CMATerms:
+                         return_attention: bool = False, per_position: bool = False) -> CMATerms:
     """Compute DSKD-CMA's terms (module docstring) for one micro-batch; shared with DSKD-CMA-GA and DWA-KD.
 
     ``student`` / ``teacher``: the models (their embedding tables and LM heads are read, never called);
@@ -102,12 +105,20 @@ def dual_space_cma_terms(cma: CrossModelAttention, student, teacher, student_pad
     z_t2s = out.h_t2s[smask].to(w_s.dtype) @ w_s.T  # [N_s, V_s]
     ce_t2s = F.cross_entropy(z_t2s.float(), y_s, reduction="sum")
     acc = z_t2s.argmax(-1) == y_s
-    kd_stu = divergence(divergence_name, student_out.logits[smask], z_t2s.detach(), acc, temperature)
     z_s2t = out.h_s2t[tmask].to(w_t.dtype) @ w_t.T  # [N_t, V_t]
-    kd_tea = forward_kl(z_s2t, teacher_out.logits[tmask], torch.ones_like(z_s2t[:, 0], dtype=torch.bool),
-                        temperature)
+    every = torch.ones_like(z_s2t[:, 0], dtype=torch.bool)
+    stu_pos = tea_pos = None
+    if per_position:
+        stu_pos = divergence(divergence_name, student_out.logits[smask], z_t2s.detach(), torch.ones_like(acc),
+                             temperature, reduction="none")
+        tea_pos = forward_kl(z_s2t, teacher_out.logits[tmask], every, temperature, reduction="none")
+        kd_stu, kd_tea = (stu_pos * acc).sum(), tea_pos.sum()
+    else:
+        kd_stu = divergence(divergence_name, student_out.logits[smask], z_t2s.detach(), acc, temperature)
+        kd_tea = forward_kl(z_s2t, teacher_out.logits[tmask], every, temperature)
     return CMATerms(ce=ce, ce_t2s=ce_t2s, kd_stu=kd_stu, kd_tea=kd_tea, t2s_acc=acc.sum().float(), cma=out,
-                    student_mask=smask, teacher_mask=tmask, z_t2s=z_t2s, z_s2t=z_s2t)
+                    student_mask=smask, teacher_mask=tmask, z_t2s=z_t2s, z_s2t=z_s2t, acc=acc, kd_stu_pos=stu_pos,
+                    kd_tea_pos=tea_pos)
 
 
 def model_dims(student, teacher) -> tuple[int, int]:
