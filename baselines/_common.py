@@ -33,6 +33,24 @@ def response_tokens(labels_row: torch.Tensor) -> tuple[list[int], list[int]]:
     return idx.tolist(), labels_row[1:][idx].tolist()
 
 
+def aligned_positions(student_labels: torch.Tensor, teacher_labels: torch.Tensor, pairs_of
+                      ) -> tuple[list[int], list[int], list[int]]:
+    """``(sample, student_position, teacher_position)`` lists over a batch: ``pairs_of(s_ids, t_ids)``
+    gives the aligned ``(i, j)`` indices into sample b's response tokens (``response_tokens`` of each side),
+    which are mapped back to logit positions."""
+    out_b: list[int] = []
+    out_s: list[int] = []
+    out_t: list[int] = []
+    for b in range(student_labels.size(0)):
+        s_pos, s_ids = response_tokens(student_labels[b])
+        t_pos, t_ids = response_tokens(teacher_labels[b])
+        for i, j in pairs_of(s_ids, t_ids):
+            out_b.append(b)
+            out_s.append(s_pos[i])
+            out_t.append(t_pos[j])
+    return out_b, out_s, out_t
+
+
 def tokens_of(tokenizer, ids: list[int]) -> list[str]:
     """Token strings of ``ids`` (``convert_ids_to_tokens``; an unknown id becomes ``""``)."""
     return [t if t is not None else "" for t in tokenizer.convert_ids_to_tokens(ids)]

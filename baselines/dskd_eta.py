@@ -56,12 +56,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines._common import (
+    aligned_positions,
     check_choice,
     check_kd,
     require_offsets,
     require_teacher,
     require_tokenizers,
-    response_tokens,
     tokens_of,
 )
 from dwakd.align.projection import pinv_t2s_init, s2t_matrix, shared_vocab, teacher_head_pinv
@@ -145,20 +145,13 @@ class DSKDETA(Method):
     def align(self, student_labels: torch.Tensor, teacher_labels: torch.Tensor
               ) -> tuple[list[int], list[int], list[int]]:
         """``(sample, student_position, teacher_position)`` of the aligned pairs, in logit positions."""
-        out_b: list[int] = []
-        out_s: list[int] = []
-        out_t: list[int] = []
-        for b in range(student_labels.size(0)):
-            s_pos, s_ids = response_tokens(student_labels[b])
-            t_pos, t_ids = response_tokens(teacher_labels[b])
-            pairs = self._offsets_pairs(s_ids, t_ids) if self.cfg.alignment == "offsets" else None
-            if pairs is None:
-                pairs = exact_token_alignment(tokens_of(self.stok, s_ids), tokens_of(self.ttok, t_ids), eos=self.eos)
-            for i, j in pairs:
-                out_b.append(b)
-                out_s.append(s_pos[i])
-                out_t.append(t_pos[j])
-        return out_b, out_s, out_t
+        def pairs(s_ids, t_ids):
+            found = self._offsets_pairs(s_ids, t_ids) if self.cfg.alignment == "offsets" else None
+            if found is None:
+                found = exact_token_alignment(tokens_of(self.stok, s_ids), tokens_of(self.ttok, t_ids), eos=self.eos)
+            return found
+
+        return aligned_positions(student_labels, teacher_labels, pairs)
 
     # ---------------------------------------------------------------------------------------- loss
     def loss(self, batch, student_out, teacher_out):

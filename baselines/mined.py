@@ -48,11 +48,11 @@ import torch
 import torch.nn.functional as F
 
 from baselines._common import (
+    aligned_positions,
     check_kd,
     require_teacher,
     require_tokenizers,
     response_mask,
-    response_tokens,
     tokens_of,
 )
 from dwakd.align.tokens import build_vocab_map, dtw_align, invert_vocab_map, one_to_one
@@ -169,19 +169,13 @@ class MinED(Method):
         """``(sample, student_position, teacher_position)`` lists of the positions that take the teacher
         distribution (steps 2–3 of the module docstring)."""
         t2s = self._t2s_list
-        out_b: list[int] = []
-        out_s: list[int] = []
-        out_t: list[int] = []
-        for b in range(student_labels.size(0)):
-            s_pos, s_ids = response_tokens(student_labels[b])
-            t_pos, t_ids = response_tokens(teacher_labels[b])
+
+        def pairs(s_ids, t_ids):
             path = dtw_align(tokens_of(self.stok, s_ids), tokens_of(self.ttok, t_ids))
-            for i, j in sorted(one_to_one(path).items()):
-                if 0 <= t_ids[j] < len(t2s) and t2s[t_ids[j]] == s_ids[i]:
-                    out_b.append(b)
-                    out_s.append(s_pos[i])
-                    out_t.append(t_pos[j])
-        return out_b, out_s, out_t
+            return [(i, j) for i, j in sorted(one_to_one(path).items())
+                    if 0 <= t_ids[j] < len(t2s) and t2s[t_ids[j]] == s_ids[i]]
+
+        return aligned_positions(student_labels, teacher_labels, pairs)
 
     def loss(self, batch, student_out, teacher_out):
         cfg = self.cfg
