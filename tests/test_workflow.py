@@ -78,7 +78,7 @@ def test_cli_error_names_the_option(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_profile_runs_end_to_end(tmp_path):
-    """The real tiny run (CI runs it): builds a tiny pair from scratch, trains SFT and every baseline,
+    """The real tiny run (CI runs it): builds a tiny pair from scratch, trains SFT, every baseline and DWA-KD,
     evaluates, reports."""
     snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny")
     tables = tmp_path / "results" / "tiny" / "tables"
@@ -88,8 +88,11 @@ def test_tiny_profile_runs_end_to_end(tmp_path):
     for section in sections:
         rows = [ln.split("|")[1].strip() for ln in section.splitlines() if ln.startswith("| ")]
         for row in ("Copy instruction+input", "Teacher", "SFT", "SeqKD", "ULD", "MinED", "DSKD-CMA", "DSKD-ETA",
-                    "DSKD-CMA-GA"):
+                    "DSKD-CMA-GA", "DWA-KD"):
             assert row in rows, (row, rows)
+    ablation = (tables / "ablation.md").read_text()
+    rows = [ln.split("|")[1].strip() for ln in ablation.split("## ")[1].splitlines() if ln.startswith("| ")]
+    assert rows[1:] == ["DSKD-CMA", "w/ bDTW", "DWA-KD"], rows  # header first; the profile's order, no floor
     tiny = tmp_path / "results" / "tiny"
     gen = tiny / "generated" / "teacher_train.jsonl"
     assert len(gen.read_text().splitlines()) == 64
