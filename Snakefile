@@ -1,5 +1,5 @@
 # dwakd workflow: data -> tokenizers -> teacher / student base -> per-pair inputs (teacher samples, vocabulary
-# map) -> distillation runs -> evaluation -> tables.
+# map) -> distillation runs -> evaluation -> tables -> attention tables (trained runs) -> figures.
 # `snakemake --cores all` runs the profile named in config/config.yaml (`--config profile=NAME` for another).
 # The Snakefile reads YAML only (no torch), so a dry run costs no more than Snakemake's start-up.
 
@@ -13,6 +13,9 @@ min_version("8.0")
 configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
@@ -20,9 +23,13 @@ include: "workflow/rules/per_pair.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
     default_target: True
     input:
         expand(f"{R}/tables/{{table}}.{{ext}}", table=list(TABLES), ext=["md", "csv", "tex"]),
+        rules.figures.output,
+        expand(f"{R}/tables/{{table}}.{{ext}}", table=["significance", "efficiency"], ext=["md", "csv", "tex"]),
+        f"{R}/tables/train_curves.csv",

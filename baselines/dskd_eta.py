@@ -88,6 +88,15 @@ class DSKDETAConfig:
         check_choice(where, "alignment", self.alignment, ALIGNMENTS)
 
 
+def eta_pairs(student_tokenizer, teacher_tokenizer, student_ids: list[int], teacher_ids: list[int]
+              ) -> list[tuple[int, int]]:
+    """ETA's aligned ``(i, j)`` pairs of two id sequences of the same text (DSKD-ETA's rule, ``alignment='eta'``):
+    ``exact_token_alignment`` on their token strings, either tokenizer's EOS counting as EOS."""
+    eos = frozenset({student_tokenizer.eos_token, teacher_tokenizer.eos_token})
+    return exact_token_alignment(tokens_of(student_tokenizer, student_ids), tokens_of(teacher_tokenizer, teacher_ids),
+                                 eos=eos)
+
+
 @register
 class DSKDETA(Method):
     """DSKD v2 with exact token alignment (see the module docstring)."""
@@ -125,7 +134,6 @@ class DSKDETA(Method):
         self.register_buffer("label_map", label_map, persistent=False)  # teacher id → student id / −100
         self.register_buffer("overlap_student", s_ids, persistent=False)
         self.register_buffer("teacher_pinv", teacher_head_pinv(w_t, t_ids).to(w_t.device), persistent=False)
-        self.eos = frozenset({student_tokenizer.eos_token, teacher_tokenizer.eos_token})
 
     # ---------------------------------------------------------------------------------------- alignment
     def _offsets_pairs(self, s_ids: list[int], t_ids: list[int]) -> list[tuple[int, int]] | None:
@@ -148,7 +156,7 @@ class DSKDETA(Method):
         def pairs(s_ids, t_ids):
             found = self._offsets_pairs(s_ids, t_ids) if self.cfg.alignment == "offsets" else None
             if found is None:
-                found = exact_token_alignment(tokens_of(self.stok, s_ids), tokens_of(self.ttok, t_ids), eos=self.eos)
+                found = eta_pairs(self.stok, self.ttok, s_ids, t_ids)
             return found
 
         return aligned_positions(student_labels, teacher_labels, pairs)

@@ -8,7 +8,12 @@
     dwakd vocab-map   build the MinED teacher → student vocabulary map of the pair
     dwakd train       distil (or fine-tune) a student with a configured run
     dwakd eval        sampled ROUGE-L over seeds and bits per byte of one model on one set
-    dwakd report      tables of runs × sets (Markdown, CSV, LaTeX)
+    dwakd lm-eval     the same sets as lm-evaluation-harness tasks, over the generation seeds (mean ± std)
+    dwakd report      tables of runs × sets (Markdown, CSV, LaTeX), published numbers beside ours
+    dwakd significance  paired bootstrap of every row against SFT and DSKD-CMA (tables/significance.*)
+    dwakd efficiency  training cost per run and the loss curves from the training logs
+    dwakd attention   cross-model attention maps, DWA-KD's band and the token-alignment probe (tables)
+    dwakd figures     figures (PNG, PDF) from the tables only: attention heatmaps, probe, curves, ROUGE-L
     dwakd ship        store a built pair in dwakd/assets (maintainers)
 
 Every command takes ``--config FILE`` (repeatable; later files win) and ``--set KEY.PATH=VALUE``.
@@ -56,7 +61,7 @@ def cmd_data(args) -> None:
     if args.only == "unni":
         spec = ds["unni"]
         fetch_unni(out / "unni.jsonl", repo_id=spec["hub"], filename=spec["hub_file"], revision=spec["revision"],
-                   min_ref_words=spec.get("min_ref_words", 11), limit=spec.get("limit", 10_000),
+                   min_ref_words=spec.get("min_ref_words", 0), limit=spec.get("limit", 10_000),
                    cache_dir=Path(args.cache or out / "cache"), source=args.unni_source)
         _limit_file(out / "unni.jsonl", prof["eval"].get("limit", 0))
         return
@@ -315,8 +320,33 @@ def cmd_eval(args) -> None:
 # ---------------------------------------------------------------------------------- report
 
 
+def _report_settings(cfg: dict, published_arg: str | None = None) -> tuple:
+    """``(bootstrap, baselines, published)`` from ``report:``: the bootstrap settings, the baseline runs, and
+    the published numbers file (``--published`` wins; relative config paths are from the repository root),
+    loaded, or None when there is none."""
+    from dwakd.report import load_published
+    from dwakd.stats import BootstrapConfig
+
+    rep = cfg.get("report") or {}
+    boot = BootstrapConfig(**(rep.get("bootstrap") or {}))
+    baselines = list(rep.get("baselines", ["sft", "dskd_cma"]))
+    for b in baselines:
+        if b not in cfg["methods"]:
+            raise C.ConfigError(f"report.baselines: {b!r} is not in methods ({sorted(cfg['methods'])})")
+    path = published_arg or rep.get("published")
+    if path and not published_arg and not Path(path).is_absolute():
+        path = C.ROOT / path
+    return boot, baselines, (load_published(path) if path else None)
+
+
+def _titles(cfg: dict, runs) -> dict:
+    titles = {"copy": "Copy instruction+input", "teacher": "Teacher"}
+    titles.update({r: cfg["methods"][r].get("title", r) for r in runs if r in cfg["methods"]})
+    return titles
+
+
 def cmd_report(args) -> None:
-    from dwakd.report import main_table, write_tables
+    from dwakd.report import main_table, published_for_pair, write_tables
 
     cfg = _cfg(args)
     prof = C.profile(cfg)
@@ -326,13 +356,79 @@ def cmd_report(args) -> None:
                             f"{sorted(tables)} (an ablation table needs profiles.{cfg['profile']}.ablation_table)")
     runs = tables[args.table]
     rows = ["copy", "teacher", *runs] if args.table == "main" else runs
-    titles = {"copy": "Copy instruction+input", "teacher": "Teacher"}
-    titles.update({r: cfg["methods"][r].get("title", r) for r in runs})
+    titles = _titles(cfg, runs)
     sets = prof["eval"]["sets"]
     set_titles = {s: cfg["datasets"][s]["title"] for s in sets}
-    result = main_table(Path(args.eval_dir), rows, sets, titles, set_titles)
+    boot, baselines, published = _report_settings(cfg, args.published)
+    result = main_table(Path(args.eval_dir), rows, sets, titles, set_titles, baselines=baselines, bootstrap=boot,
+                        published=published_for_pair(published, prof["pair"]))
     write_tables(result, Path(args.out), args.table)
     print((Path(args.out) / f"{args.table}.md").read_text())
+
+
+def _all_runs(prof: dict) -> list[str]:
+    """Every run of the profile's tables, once: the main table's, then the ablation table's not yet listed."""
+    return list(dict.fromkeys(r for runs in C.tables(prof).values() for r in runs))
+
+
+def cmd_significance(args) -> None:
+    from dwakd.report import significance_table, write_significance
+
+    cfg = _cfg(args)
+    prof = C.profile(cfg)
+    runs = _all_runs(prof)
+    rows = ["teacher", *runs]
+    sets = prof["eval"]["sets"]
+    boot, baselines, _ = _report_settings(cfg)
+    t = significance_table(Path(args.eval_dir), rows, baselines, sets, _titles(cfg, runs),
+                           {s: cfg["datasets"][s]["title"] for s in sets}, boot)
+    write_significance(t, Path(args.out))
+    print((Path(args.out) / "significance.md").read_text())
+
+
+def cmd_efficiency(args) -> None:
+    from dwakd.efficiency import efficiency_table, write_efficiency
+    from dwakd.report import published_for_pair
+
+    cfg = _cfg(args)
+    prof = C.profile(cfg)
+    runs = _all_runs(prof)
+    _, _, published = _report_settings(cfg, args.published)
+    pub = published.get("efficiency") if published_for_pair(published, prof["pair"]) is not None else None
+    t = efficiency_table(Path(args.runs_dir), runs, _titles(cfg, runs), pub)
+    write_efficiency(t, Path(args.out))
+    print((Path(args.out) / "efficiency.md").read_text())
+
+
+def cmd_attention(args) -> None:
+    """Attention maps, band and alignment probe of the runs with cross-model attention (dwakd/attention.py)."""
+    from dwakd.attention import export
+
+    cfg = _cfg(args)
+    _threads(C.profile(cfg)["train"].get("num_threads", 0))
+    export(cfg, Path(args.models), Path(args.runs), Path(args.data), Path(args.out))
+
+
+def cmd_figures(args) -> None:
+    """Figures from ``<results_dir>/tables/*.csv`` only (dwakd/figures.py)."""
+    from dwakd.figures import write_figures
+
+    for f in write_figures(Path(args.tables), Path(args.out), attention_figures=args.attention_figures):
+        print(f)
+
+
+def cmd_lm_eval(args) -> None:
+    """Score any Hugging Face causal LM with the dwakd lm-eval tasks (dwakd/lm_eval_tasks), one run per seed."""
+    from dwakd.lm_eval_tasks.seeds import evaluate_seeds
+
+    res = evaluate_seeds(args.model, args.tasks.split(","), args.seeds, limit=args.limit,
+                         batch_size=args.batch_size, device=args.device, model_args=args.model_args,
+                         gen_kwargs=args.gen_kwargs, metadata=json.loads(args.metadata) if args.metadata else None)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    for name, v in res["summary"].items():
+        print(f"{name}\t{v['rougeL']['mean']:.2f} ± {v['rougeL']['std']:.2f}")
 
 
 def cmd_ship(args) -> None:
@@ -397,10 +493,43 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder, or 'copy' for the copy floor")
     p.add_argument("--data", required=True, nargs="+", help="set files (JSONL)")
     p.add_argument("--out", required=True, nargs="+", help="one result JSON per --data file")
+    p = add("lm-eval", cmd_lm_eval, "lm-eval tasks of the sets over the generation seeds (needs lm-eval)")
+    p.add_argument("--model", required=True, help="a Hugging Face causal LM: folder or hub id (pretrained=)")
+    p.add_argument("--tasks", default="dwakd", help="comma-separated dwakd tasks/groups (default: dwakd)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[10, 20, 30, 40, 50])
+    p.add_argument("--limit", type=int, default=None, help="first N prompts of each set (testing)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--model-args", default="", help="more lm-eval model_args, k=v,... (defaults: dtype=float32,"
+                   "add_bos_token=False)")
+    p.add_argument("--gen-kwargs", default=None, help="lm-eval gen_kwargs overrides, k=v,...")
+    p.add_argument("--metadata", default=None, help='JSON for the tasks, e.g. \'{"unni_file": "FILE"}\'')
+    p.add_argument("--out", required=True, help="JSON file: per-seed and summary ROUGE-L")
     p = add("report", cmd_report, "write a result table (main or ablation)")
     p.add_argument("--eval-dir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--table", default="main", help="main (default) or ablation: <out>/<table>.{md,csv,tex}")
+    p.add_argument("--published", help="published numbers file (default: the config's report.published)")
+    p = add("significance", cmd_significance,
+            "paired bootstrap of the teacher and every run against report.baselines: <out>/significance.*")
+    p.add_argument("--eval-dir", required=True)
+    p.add_argument("--out", required=True)
+    p = add("efficiency", cmd_efficiency,
+            "training cost per run and loss curves: <out>/efficiency.{md,csv,tex}, <out>/train_curves.csv")
+    p.add_argument("--runs-dir", required=True, help="folder with <run>/train_log.jsonl")
+    p.add_argument("--out", required=True)
+    p.add_argument("--published", help="published numbers file (default: the config's report.published)")
+    p = add("attention", cmd_attention, "attention maps, DWA-KD band and token-alignment probe (tables)")
+    p.add_argument("--models", required=True, help="folder with teacher/ (and student_base/)")
+    p.add_argument("--runs", required=True, help="folder with <run>/model of the trained runs")
+    p.add_argument("--data", required=True, help="folder with <set>.jsonl of figures.set")
+    p.add_argument("--out", required=True, help="tables folder: attention.csv, attention_band.csv, "
+                   "alignment_probe.{csv,md,tex}")
+    p = add("figures", cmd_figures, "figures (PNG and PDF) from the tables folder's CSV files only")
+    p.add_argument("--tables", required=True, help="the tables folder (main.csv, attention.csv, ...)")
+    p.add_argument("--out", required=True, help="figures folder")
+    p.add_argument("--attention-figures", type=int, default=None,
+                   help="write exactly N attention heatmaps (attention_1..N; placeholders for missing samples)")
     p = add("ship", cmd_ship, "store a built pair (bf16, checksums, model card) for dwakd/assets/")
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)
@@ -412,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.fn(args)
-    except (C.ConfigError, DataError, FileExistsError, KeyError) as e:
+    except (C.ConfigError, DataError, FileExistsError, FileNotFoundError, KeyError) as e:
         print(f"dwakd {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 0

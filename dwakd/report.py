@@ -2,6 +2,18 @@
 
 The average column is computed per seed (the mean over sets of that seed's ROUGE-L) and then summarised
 over seeds, so its ± is the seed spread of the average, not a sum of the per-set spreads.
+
+Besides the means, a table can carry
+
+- significance markers: a ROUGE-L cell whose difference from a baseline run (``report.baselines``: SFT,
+  DSKD-CMA) is not significant (the 95 % paired-bootstrap CI over prompts includes 0, ``dwakd.stats``) gets
+  that baseline's marker (°, †, ...), explained under the table; ``significance_table`` writes the
+  differences, CIs and p-values themselves;
+- published numbers (``config/published.yaml``, when the profile's pair is one of its pairs): a section
+  "Published (paper) and difference" with ours, published and ours − published per run and set, and the
+  ``published``, ``diff`` and ``published_source`` columns in the CSV.
+
+Torch-free (pandas, numpy).
 """
 
 from __future__ import annotations
@@ -10,31 +22,77 @@ import json
 import statistics
 from pathlib import Path
 
+import jsonschema
+import numpy as np
 import pandas as pd
+import yaml
+
+from dwakd.errors import ConfigError
+from dwakd.stats import BootstrapConfig, paired_bootstrap, paired_differences
+
+COPY, TEACHER = "copy", "teacher"  # the rows of the main table that are not runs
+MARKERS = ("°", "†", "‡")  # one per entry of report.baselines, in order
+PUBLISHED_SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "published.schema.yaml"
+_LATEX = {"±": r"$\pm$", "°": r"$^{\circ}$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$", "−": r"$-$",
+          "→": r"$\to$", "×": r"$\times$"}
 
 
 def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
-    if mean is None:
+    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
         return "–"
     return f"{mean:.{digits}f}" if not std else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def to_markdown(df: pd.DataFrame, index: bool = True) -> str:
+    """``df.to_markdown`` printing the cells as formatted (tabulate would re-format "2.070" as "2.07")."""
+    return df.to_markdown(index=index, disable_numparse=True)
+
+
+def to_latex(df: pd.DataFrame, index: bool = True) -> str:
+    """``df.to_latex`` with the cells escaped, then ±, markers, − → × as LaTeX math."""
+    tex = df.to_latex(escape=True, index=index)
+    for k, v in _LATEX.items():
+        tex = tex.replace(k, v)
+    return tex
+
+
+def latex_text(text: str) -> str:
+    """A line of prose for a .tex file: LaTeX's special characters escaped, symbols as math."""
+    for k, v in {"\\": r"\textbackslash{}", "%": r"\%", "&": r"\&", "_": r"\_", "#": r"\#"}.items():
+        text = text.replace(k, v)
+    for k, v in _LATEX.items():
+        text = text.replace(k, v)
+    return text
+
+
+# ------------------------------------------------------------------------------------ evaluations
+
+
+def eval_file(eval_dir: Path, run: str, s: str) -> Path:
+    return Path(eval_dir) / run / f"{s}.json"
 
 
 def load_results(eval_dir: Path, rows: list[str], sets: list[str]) -> dict:
     res = {}
     for r in rows:
         for s in sets:
-            f = eval_dir / r / f"{s}.json"
+            f = eval_file(eval_dir, r, s)
             if not f.exists():
                 raise FileNotFoundError(f"{f}: no evaluation result for run {r!r} on set {s!r}")
             res[r, s] = json.loads(f.read_text())
     return res
 
 
+def seed_averages(res: dict, run: str, sets: list[str]) -> list[float]:
+    """The run's ROUGE-L averaged over ``sets``, one value per generation seed (seeds common to all sets)."""
+    seeds = set.intersection(*(set(res[run, s]["seeds"]) for s in sets))
+    return [statistics.fmean(res[run, s]["seeds"][k]["rougeL"] for s in sets) for k in sorted(seeds)]
+
+
 def long_frame(res: dict, rows: list[str], sets: list[str], titles: dict, set_titles: dict) -> pd.DataFrame:
     """One line per (run, set, metric) including the 'avg' pseudo-set."""
     lines = []
     for r in rows:
-        seeds = None
         for s in sets:
             d = res[r, s]
             sm = d["summary"]
@@ -45,9 +103,7 @@ def long_frame(res: dict, rows: list[str], sets: list[str], titles: dict, set_ti
                 lines.append({"run": r, "method": titles.get(r, r), "set": s, "set_title": set_titles[s],
                               "metric": "bpb", "mean": sm["bpb"], "std": 0.0, "n_seeds": 1,
                               "n_samples": len(d["ids"])})
-            per_seed = {k: v["rougeL"] for k, v in d["seeds"].items()}
-            seeds = per_seed.keys() if seeds is None else seeds & per_seed.keys()
-        avg_seed = [statistics.fmean(res[r, s]["seeds"][k]["rougeL"] for s in sets) for k in sorted(seeds)]
+        avg_seed = seed_averages(res, r, sets)
         lines.append({"run": r, "method": titles.get(r, r), "set": "avg", "set_title": "Avg", "metric": "rougeL",
                       "mean": statistics.fmean(avg_seed),
                       "std": statistics.stdev(avg_seed) if len(avg_seed) > 1 else 0.0,
@@ -59,40 +115,255 @@ def long_frame(res: dict, rows: list[str], sets: list[str], titles: dict, set_ti
     return pd.DataFrame(lines)
 
 
-def wide(df: pd.DataFrame, metric: str, rows: list[str], titles: dict, columns: list[str], digits: int) -> pd.DataFrame:
+def wide(df: pd.DataFrame, metric: str, rows: list[str], titles: dict, columns: list[str], digits: int,
+         markers: dict | None = None) -> pd.DataFrame:
+    """Methods × ``columns`` (set titles and Avg) of formatted ``mean ± std`` cells; ``markers``:
+    ``(run, set_title)`` → a suffix (significance markers)."""
     sub = df[df.metric == metric]
+    markers = markers or {}
     table = {}
     for r in rows:
         cells = {}
         for _, x in sub[sub.run == r].iterrows():
-            cells[x.set_title] = _fmt(x["mean"], x["std"], digits)
+            cells[x.set_title] = _fmt(x["mean"], x["std"], digits) + markers.get((r, x.set_title), "")
         table[titles.get(r, r)] = {c: cells.get(c, "–") for c in columns}
     out = pd.DataFrame.from_dict(table, orient="index", columns=columns)
     out.index.name = "Method"
     return out
 
 
-def main_table(eval_dir: Path, rows: list[str], sets: list[str], titles: dict, set_titles: dict) -> dict:
+# ------------------------------------------------------------------------------------ significance
+
+
+def significance_frame(res: dict, eval_dir: Path, rows: list[str], baselines: list[str], sets: list[str],
+                       titles: dict, set_titles: dict, boot: BootstrapConfig) -> pd.DataFrame:
+    """Paired bootstrap (``dwakd.stats.paired_bootstrap``) of every run of ``rows`` (but the copy floor and the
+    baseline itself) against every baseline of ``baselines`` that is in ``rows``: one line per
+    (run, baseline, set or avg) with ``mean_diff`` (run − baseline, ROUGE-L ×100), ``ci_low``, ``ci_high``,
+    ``p_value``, ``significant``, ``n_prompts``, the seeds of each side and the bootstrap settings."""
+    lines = []
+    for b in [b for b in baselines if b in rows]:
+        for r in rows:
+            if r in (b, COPY):
+                continue
+            diffs = {s: paired_differences(res[r, s], res[b, s], str(eval_file(eval_dir, r, s)),
+                                           str(eval_file(eval_dir, b, s))) for s in sets}
+            out = paired_bootstrap(diffs, boot.resamples, boot.ci, boot.seed)
+            for s, x in out.iterrows():
+                lines.append({"run": r, "method": titles.get(r, r), "baseline": b,
+                              "baseline_method": titles.get(b, b), "set": s,
+                              "set_title": "Avg" if s == "avg" else set_titles[s],
+                              "mean_diff": x.mean_diff, "ci_low": x.ci_low, "ci_high": x.ci_high,
+                              "p_value": x.p_value, "significant": bool(x.significant),
+                              "n_prompts": int(x.n_prompts), "n_seeds": len(res[r, sets[0]]["seeds"]),
+                              "n_seeds_baseline": len(res[b, sets[0]]["seeds"]),
+                              "resamples": boot.resamples, "ci": boot.ci})
+    cols = ["run", "method", "baseline", "baseline_method", "set", "set_title", "mean_diff", "ci_low", "ci_high",
+            "p_value", "significant", "n_prompts", "n_seeds", "n_seeds_baseline", "resamples", "ci"]
+    return pd.DataFrame(lines, columns=cols)
+
+
+def marker_legend(sig: pd.DataFrame, baselines: list[str], boot: BootstrapConfig) -> tuple[dict, list[str]]:
+    """``(markers, legend)``: ``(run, set_title)`` → the markers of the baselines it is not significantly
+    different from, and one legend line per baseline compared."""
+    markers: dict = {}
+    legend = []
+    for b, mark in zip(baselines, MARKERS):
+        sub = sig[sig.baseline == b]
+        if sub.empty:
+            continue
+        for _, x in sub[~sub.significant].iterrows():
+            markers[x.run, x.set_title] = markers.get((x.run, x.set_title), "") + mark
+        legend.append(f"{mark} not significantly different from {sub.baseline_method.iloc[0]} (paired bootstrap "
+                      f"over prompts, seeds pooled: the {boot.ci * 100:g}% CI of the difference includes 0; "
+                      f"{boot.resamples:,} resamples)")
+    return markers, legend
+
+
+def _p(p: float, resamples: int) -> str:
+    """p = 0 means no resample crossed 0: below the smallest non-zero value 2/B."""
+    return f"< {2 / resamples:g}" if p == 0 else f"{p:.4f}"
+
+
+def significance_wide(sig: pd.DataFrame, baseline: str, rows: list[str], titles: dict, columns: list[str]):
+    """Methods × sets/Avg of ``+d [lo, hi], p`` cells for one baseline."""
+    sub = sig[sig.baseline == baseline]
+    table = {}
+    for r in rows:
+        x = sub[sub.run == r]
+        if x.empty:
+            continue
+        cells = {y.set_title: f"{y.mean_diff:+.2f} [{y.ci_low:+.2f}, {y.ci_high:+.2f}], p {_p(y.p_value, y.resamples)}"
+                 for _, y in x.iterrows()}
+        table[titles.get(r, r)] = {c: cells.get(c, "–") for c in columns}
+    out = pd.DataFrame.from_dict(table, orient="index", columns=columns)
+    out.index.name = "Method"
+    return out
+
+
+def significance_table(eval_dir: Path, rows: list[str], baselines: list[str], sets: list[str], titles: dict,
+                       set_titles: dict, boot: BootstrapConfig) -> dict:
+    """Every run of ``rows`` against each baseline of ``baselines`` present in ``rows``."""
+    res = load_results(eval_dir, rows, sets)
+    sig = significance_frame(res, eval_dir, rows, baselines, sets, titles, set_titles, boot)
+    cols = [set_titles[s] for s in sets] + ["Avg"]
+    present = [b for b in baselines if b in rows]
+    return {"long": sig, "boot": boot, "by_baseline": {b: significance_wide(sig, b, rows, titles, cols)
+                                                       for b in present},
+            "titles": titles}
+
+
+def write_significance(t: dict, out: Path, name: str = "significance") -> None:
+    """``name``.md and .tex (one section per baseline), ``name``.csv (long format)."""
+    out.mkdir(parents=True, exist_ok=True)
+    boot = t["boot"]
+    how = (f"ROUGE-L F1 ×100, method − baseline: mean over prompts of the per-prompt difference (each prompt's "
+           f"score averaged over its seeds) [{boot.ci * 100:g}% percentile CI] and two-sided p-value of a paired "
+           f"bootstrap over prompts ({boot.resamples:,} resamples, seed {boot.seed}); Avg: sets resampled "
+           f"independently, per-set mean differences averaged.")
+    md, tex = [], []
+    for b, table in t["by_baseline"].items():
+        title = f"Difference from {t['titles'].get(b, b)}"
+        md += [f"## {title}\n", to_markdown(table), ""]
+        tex += [f"% {title}", to_latex(table)]
+    if not t["by_baseline"]:
+        md += ["No baseline of report.baselines is among the runs: nothing to compare.", ""]
+    md.append(how)
+    tex.append(latex_text(how))
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
+    (out / f"{name}.tex").write_text("\n".join(tex) + "\n")
+    t["long"].to_csv(out / f"{name}.csv", index=False)
+
+
+# ------------------------------------------------------------------------------------ published numbers
+
+
+def load_published(path: Path | str) -> dict:
+    """``config/published.yaml``, validated against ``workflow/schemas/published.schema.yaml``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: published numbers file not found (report.published)")
+    data = yaml.safe_load(path.read_text()) or {}
+    schema = yaml.safe_load(PUBLISHED_SCHEMA.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        raise ConfigError(f"{path}: {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}")
+    return data
+
+
+def published_for_pair(published: dict | None, pair: str) -> dict | None:
+    """The published numbers of ``pair`` (``None`` when the file has none for it)."""
+    if not published:
+        return None
+    return published.get("pairs", {}).get(pair)
+
+
+def _source(src: dict) -> str:
+    return f"{src['paper']}, {src['table']}"
+
+
+def published_frame(res: dict, rows: list[str], sets: list[str], titles: dict, set_titles: dict,
+                    pub: dict) -> pd.DataFrame:
+    """ROUGE-L ours / published / diff (ours − published) for every run of ``rows`` with published numbers.
+
+    One line per (run, column) with columns ``run, method, set, set_title, ours, published, diff,
+    published_source``. The published Avg is over ``pub['rougeL']['avg_over']``: when the profile's sets are
+    the same, our Avg is the table's; otherwise it is recomputed per seed over those sets (set ``avg_published``)
+    or left empty when the profile lacks one of them."""
+    runs_pub = pub["rougeL"]["runs"]
+    avg_over = pub["rougeL"]["avg_over"]
+    same = sorted(avg_over) == sorted(sets)
+    have_all = all(s in sets for s in avg_over)
+    avg_key = "avg" if same else "avg_published"
+    avg_title = "Avg" if same else f"Avg ({', '.join(set_titles.get(s, s) for s in avg_over)})"
+    lines = []
+    for r in rows:
+        p = runs_pub.get(r)
+        if p is None:
+            continue
+        src = _source(p["source"])
+        for s in sets:
+            ours = res[r, s]["summary"]["rougeL"]["mean"]
+            lines.append({"run": r, "method": titles.get(r, r), "set": s, "set_title": set_titles[s],
+                          "ours": ours, "published": p.get(s, np.nan), "published_source": src})
+        ours = statistics.fmean(seed_averages(res, r, avg_over)) if have_all else np.nan
+        lines.append({"run": r, "method": titles.get(r, r), "set": avg_key, "set_title": avg_title,
+                      "ours": ours, "published": p.get("avg", np.nan), "published_source": src})
+    cols = ["run", "method", "set", "set_title", "ours", "published", "diff", "published_source"]
+    out = pd.DataFrame(lines, columns=[c for c in cols if c != "diff"])
+    out.insert(6, "diff", out.ours - out.published)
+    return out[cols]
+
+
+def published_wide(pf: pd.DataFrame, rows: list[str], titles: dict) -> pd.DataFrame:
+    """Three lines per run (ours, published, ours − published) × the columns of ``pf``."""
+    cols = list(dict.fromkeys(pf.set_title))
+    lines = []
+    for r in rows:
+        x = pf[pf.run == r].set_index("set_title")
+        if x.empty:
+            continue
+        for label, key in (("ours", "ours"), ("published", "published"), ("ours − published", "diff")):
+            cells = {c: ("–" if np.isnan(x.at[c, key]) else f"{x.at[c, key]:+.2f}" if key == "diff"
+                         else f"{x.at[c, key]:.2f}") for c in cols}
+            lines.append({"Method": titles.get(r, r) if key == "ours" else "", "": label, **cells})
+    return pd.DataFrame(lines, columns=["Method", "", *cols])
+
+
+# ------------------------------------------------------------------------------------ tables
+
+
+def main_table(eval_dir: Path, rows: list[str], sets: list[str], titles: dict, set_titles: dict, *,
+               baselines: list[str] = (), bootstrap: BootstrapConfig | None = None,
+               published: dict | None = None) -> dict:
+    """The table of ``rows`` (runs, or also ``copy`` and ``teacher``) × ``sets`` + Avg.
+
+    ``baselines``: runs whose non-significant differences are marked in the ROUGE-L table (those in
+    ``rows``); ``published``: the pair's entry of ``config/published.yaml`` (``published_for_pair``)."""
     res = load_results(eval_dir, rows, sets)
     df = long_frame(res, rows, sets, titles, set_titles)
     cols = [set_titles[s] for s in sets] + ["Avg"]
-    return {"long": df, "rougeL": wide(df, "rougeL", rows, titles, cols, 2),
-            "bpb": wide(df, "bpb", rows, titles, cols, 3),
-            "n_samples": {set_titles[s]: len(res[rows[0], s]["ids"]) for s in sets},
-            "seeds": sorted(next(iter(res.values()))["seeds"].keys())}
+    boot = bootstrap or BootstrapConfig()
+    sig = significance_frame(res, eval_dir, rows, list(baselines), sets, titles, set_titles, boot)
+    markers, legend = marker_legend(sig, list(baselines), boot)
+    out = {"long": df, "rougeL": wide(df, "rougeL", rows, titles, cols, 2, markers),
+           "bpb": wide(df, "bpb", rows, titles, cols, 3), "legend": legend, "significance": sig,
+           "n_samples": {set_titles[s]: len(res[rows[0], s]["ids"]) for s in sets},
+           "seeds": sorted(next(iter(res.values()))["seeds"].keys()), "published": None}
+    if published is not None:
+        pf = published_frame(res, rows, sets, titles, set_titles, published)
+        out["published"] = {"frame": pf, "table": published_wide(pf, rows, titles), "title": published["title"],
+                            "sources": list(dict.fromkeys(pf.published_source))}
+        # the CSV: published and diff beside our ROUGE-L means; an extra Avg line when the published Avg
+        # is over other sets than ours
+        extra = pf[pf.set == "avg_published"]
+        if not extra.empty:
+            add = extra.assign(metric="rougeL", mean=extra.ours, std=np.nan, n_seeds=np.nan, n_samples=None)
+            df = pd.concat([df, add[df.columns]], ignore_index=True)
+        m = pf[["run", "set", "published", "diff", "published_source"]].assign(metric="rougeL")
+        out["long"] = df.merge(m, on=["run", "set", "metric"], how="left")
+    return out
 
 
 def write_tables(t: dict, out: Path, name: str) -> None:
     """``name``.md (both metrics), ``name``.csv (long format), ``name``.tex (both metrics)."""
     out.mkdir(parents=True, exist_ok=True)
     ns = ", ".join(f"{k} {v}" for k, v in t["n_samples"].items())
+    legend = t.get("legend") or []
     md = [f"## ROUGE-L F1 (×100, higher is better; mean ± std over generation seeds)\n",
-          t["rougeL"].to_markdown(), "",
+          to_markdown(t["rougeL"]), "", *legend, *([""] if legend else []),
           "## Response bits per byte (teacher forcing, lower is better; deterministic)\n",
-          t["bpb"].to_markdown(), "", f"Samples per set: {ns}."]
+          to_markdown(t["bpb"]), "", f"Samples per set: {ns}."]
+    tex = ["% ROUGE-L F1 (x100), mean +- std over generation seeds", to_latex(t["rougeL"]),
+           *(latex_text(x) + r"\\" for x in legend),
+           "% Response bits per byte (lower is better)", to_latex(t["bpb"])]
+    pub = t.get("published")
+    if pub is not None:
+        title = f"Published (paper) and difference: ROUGE-L, {pub['title']}"
+        src = "Published: " + "; ".join(pub["sources"]) + " (config/published.yaml). Ours: mean over seeds."
+        md += ["", f"## {title}\n", to_markdown(pub["table"], index=False), "", src]
+        tex += [f"% {title}", to_latex(pub["table"], index=False), latex_text(src)]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     t["long"].to_csv(out / f"{name}.csv", index=False)
-    tex = ["% ROUGE-L F1 (x100), mean +- std over generation seeds",
-           t["rougeL"].to_latex(escape=True).replace("±", r"$\pm$"),
-           "% Response bits per byte (lower is better)", t["bpb"].to_latex(escape=True)]
-    (out / f"{name}.tex").write_text("\n".join(tex))
+    (out / f"{name}.tex").write_text("\n".join(tex) + "\n")

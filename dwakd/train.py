@@ -140,7 +140,8 @@ class Trainer:
     """Trains ``student`` with ``method`` (and a frozen ``teacher`` if the method needs one).
 
     Files under ``out_dir``: ``train_log.jsonl`` (one line per optimiser step and per evaluation),
-    ``checkpoints/step-N/`` (+ ``checkpoints/latest``), ``model/`` (the selected student with its tokenizer),
+    ``checkpoints/step-N/`` (+ ``checkpoints/latest``), ``model/`` (the selected student with its tokenizer,
+    and ``method_state.pt``, the method's own parameters at that point, when it has any: ``load_method_state``),
     ``selection.json``.
     """
 
@@ -223,10 +224,13 @@ class Trainer:
         return ck["state"]
 
     def save_model(self, dest: Path) -> None:
+        """The student with its tokenizer and, when the method has parameters of its own (projectors, a
+        discriminator), ``METHOD_STATE`` (``load_method_state`` reads it), written together into ``dest``."""
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.student.save_pretrained(tmp)
         self.stok.save_pretrained(tmp)
+        save_method_state(self.method, tmp)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
 
@@ -349,3 +353,41 @@ class Trainer:
 
 def train_config_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
+
+
+# ------------------------------------------------------------------------------ method state
+
+
+METHOD_STATE = "method_state.pt"  # in a saved model folder: the method's own trained parameters
+
+
+def save_method_state(method: Method, model_dir: Path) -> Path | None:
+    """Write ``model_dir/METHOD_STATE`` (method name, config, ``state_dict``) if the method has any state;
+    the file holds tensors, strings and numbers only, so it loads with ``torch.load(weights_only=True)``."""
+    state = method.state_dict()
+    if not state:
+        return None
+    cfg = asdict(method.cfg) if is_dataclass(method.cfg) else {}
+    path = Path(model_dir) / METHOD_STATE
+    torch.save({"method": method.name, "config": json.loads(json.dumps(cfg, default=str)),
+                "state": {k: v.detach().cpu() for k, v in state.items()}}, path)
+    return path
+
+
+def load_method_state(method: Method, model_dir: Path) -> bool:
+    """Load the trained parameters ``Trainer.save_model`` stored with a student into ``method`` (built with
+    the run's config on that student and the teacher). Returns False for a method without state; raises
+    ``FileNotFoundError`` if the method has state but the folder has none (a model saved before the method's
+    state was saved, or by another method), ``ValueError`` if the file belongs to another method."""
+    path = Path(model_dir) / METHOD_STATE
+    if not method.state_dict():
+        return False
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; method {method.name!r} has trained parameters that "
+                                f"`dwakd train` saves with the student — this model was saved without them "
+                                f"(by an older version): retrain the run")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("method") != method.name:
+        raise ValueError(f"{path}: holds the state of method {saved.get('method')!r}, not {method.name!r}")
+    method.load_state_dict(saved["state"])
+    return True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,18 @@ def tiny_pair(tmp_path_factory, dolly_small) -> Path:
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny profile's real workflow, run ONCE per test session (minutes; only tests marked ``slow`` use it):
+    ``snakemake --cores 2 -d <folder> --config profile=tiny``. Returns the folder (outputs under
+    ``results/tiny/``); tests may add to it but must not change what other tests read."""
+    folder = tmp_path_factory.mktemp("tiny_run")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2", "-d",
+                        str(folder), "--config", "profile=tiny"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": path})
+    if r.returncode != 0:
+        raise AssertionError(f"the tiny workflow failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return folder

@@ -98,6 +98,7 @@ def test_unni_selection_fetch_cache_and_offline_error(tmp_path, monkeypatch):
     recs = load_jsonl(src)
     sel = select_unni(recs, min_ref_words=11, limit=3)
     assert len(sel) == 3 and all(len(r["output"][0].split()) >= 11 for r in sel)
+    assert select_unni(recs, limit=3) == recs[:3]  # default: 11_ as published, no whitespace re-filter
     kw = dict(repo_id="MiniLLM/uinst", filename="11_/valid.jsonl", revision="x", min_ref_words=11, limit=3,
               cache_dir=tmp_path / "cache")
     out = fetch_unni(tmp_path / "unni.jsonl", source=str(src), **kw)

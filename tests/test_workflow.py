@@ -51,12 +51,12 @@ def test_seqkd_trains_on_the_teacher_samples_and_mined_reads_the_vocab_map(tmp_p
     out = r.stdout + r.stderr
     cmds = [ln.split("Shell command: ", 1)[1] for ln in out.splitlines() if ln.startswith("Shell command: ")]
     train = {c.split("--run ")[1].split()[0]: c for c in cmds if " train " in c}
-    assert set(train) == {"sft", "seqkd", "uld", "mined", "dskd_cma", "dskd_eta", "cma_ga"}
+    assert set(train) == {"sft", "seqkd", "uld", "mined", "dskd_cma", "dskd_eta", "cma_ga", "dwakd", "dwakd_w_bdtw"}
     gen = "results/tiny/generated/teacher_train.jsonl"
     vmap = "results/tiny/vocab_maps/teacher_to_student.json"
     assert f"--train-file {gen}" in train["seqkd"] and "--vocab-map" not in train["seqkd"]
     assert f"--vocab-map {vmap}" in train["mined"] and "--train-file results/tiny/data/train.jsonl" in train["mined"]
-    for run in ("sft", "uld", "dskd_cma", "dskd_eta", "cma_ga"):
+    for run in ("sft", "uld", "dskd_cma", "dskd_eta", "cma_ga", "dwakd", "dwakd_w_bdtw"):
         assert "--train-file results/tiny/data/train.jsonl" in train[run] and "--vocab-map" not in train[run]
     # one generate job and one vocab_map job for the pair, shared by every run that needs them
     assert sum(f"--out {gen}" in c for c in cmds) == 1 and sum(f"--out {vmap}" in c for c in cmds) == 1
@@ -77,10 +77,10 @@ def test_cli_error_names_the_option(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_profile_runs_end_to_end(tmp_path):
-    """The real tiny run (CI runs it): builds a tiny pair from scratch, trains SFT, every baseline and DWA-KD,
-    evaluates, reports."""
-    snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny")
+def test_tiny_profile_runs_end_to_end(tiny_run):
+    """The real tiny run (CI runs it; the session's ``tiny_run``): builds a tiny pair from scratch, trains SFT,
+    every baseline and DWA-KD, evaluates, reports."""
+    tmp_path = tiny_run
     tables = tmp_path / "results" / "tiny" / "tables"
     md = (tables / "main.md").read_text()
     sections = md.split("## ")[1:]  # ROUGE-L, then bits per byte
@@ -102,6 +102,12 @@ def test_tiny_profile_runs_end_to_end(tmp_path):
     for col in ("Dolly", "SelfInst", "VicunaEval", "S-NI", "Avg"):
         assert col in md
     assert (tables / "main.csv").exists() and (tables / "main.tex").exists()
+    # the significance, training-cost and loss-curve tables (dwakd significance / efficiency)
+    sig = (tables / "significance.csv").read_text()
+    assert "teacher,Teacher,sft,SFT,avg," in sig and "dwakd,DWA-KD,dskd_cma,DSKD-CMA,avg," in sig
+    eff = (tables / "efficiency.md").read_text()
+    assert all(f"| {m} " in eff for m in ("SFT", "DSKD-CMA", "DWA-KD", "w/ bDTW"))
+    assert (tables / "train_curves.csv").read_text().startswith("run,method,step,term,value\n")
     run = tmp_path / "results" / "tiny" / "runs" / "sft"
     assert (run / "resolved_config.yaml").exists() and (run / "selection.json").exists()
     ev = json.loads((tmp_path / "results" / "tiny" / "eval" / "sft" / "dolly.json").read_text())

@@ -101,8 +101,8 @@ from dwakd.errors import ConfigError
 from dwakd.losses.softdtw import cosine_cost, soft_dtw
 from dwakd.registry import register
 
-__all__ = ["DWAKD", "DWAKDConfig", "FLAGS", "VARIANTS", "VariantFlags", "entropy", "gamma_at", "gather_left",
-           "rescale_per_sequence", "soft_band"]
+__all__ = ["DWAKD", "DWAKDConfig", "FLAGS", "VARIANTS", "VariantFlags", "band_geometry", "entropy", "gamma_at",
+           "gather_left", "rescale_per_sequence", "response_attention", "soft_band"]
 
 
 @dataclass(frozen=True)
@@ -207,12 +207,19 @@ def _take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx)
 
 
-def soft_band(a: torch.Tensor, len_s: torch.Tensor, len_t: torch.Tensor, width: float, entropy_coef: float,
-              center_blend: float, penalty: float) -> torch.Tensor:
-    """The band penalty ``[B, S, T]`` from an attention matrix ``a [B, S, T]`` (packed to the left: sample b's
-    valid cells are ``a[b, :len_s[b], :len_t[b]]``). Rows are renormalised over the valid columns, then
-    ``c_i = α Σ_j j·A_ij + (1 − α)·i·T_b/S_b``, ``w_i = b + β·H_i`` (H_i the row entropy, nats) and the penalty
-    is ``λ·1[|j − c_i| > w_i]``; exactly 0 outside the valid cells. No gradient."""
+def response_attention(a: torch.Tensor, order_s: torch.Tensor, order_t: torch.Tensor) -> torch.Tensor:
+    """``a [B, L_s, L_t]`` restricted to the response rows ``order_s [B, S]`` and columns ``order_t [B, T]``
+    (``gather_left`` of the student's and the teacher's response masks): ``[B, S, T]``, packed to the left."""
+    return _take(_take(a, order_s).transpose(1, 2), order_t).transpose(1, 2)
+
+
+def band_geometry(a: torch.Tensor, len_s: torch.Tensor, len_t: torch.Tensor, width: float, entropy_coef: float,
+                  center_blend: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(centre [B, S], half_width [B, S])`` of the band, in teacher positions, from an attention matrix
+    ``a [B, S, T]`` packed to the left (sample b's valid cells are ``a[b, :len_s[b], :len_t[b]]``): rows are
+    renormalised over the valid columns, ``c_i = α Σ_j j·A_ij + (1 − α)·i·T_b/S_b`` and ``w_i = b + β·H_i``
+    (H_i the row entropy, nats). Rows past ``len_s[b]`` hold values that mean nothing. No gradient. The one
+    formula of the band: ``soft_band`` and the attention export (``dwakd.attention``) both use it."""
     with torch.no_grad():
         _, S, T = a.shape
         dev = a.device
@@ -223,7 +230,22 @@ def soft_band(a: torch.Tensor, len_s: torch.Tensor, len_t: torch.Tensor, width: 
         a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         ratio = len_t.float() / len_s.float().clamp_min(1.0)
         centre = center_blend * (a * j).sum(-1) + (1.0 - center_blend) * i[None, :] * ratio[:, None]
-        w = width + entropy_coef * -torch.xlogy(a, a).sum(-1)
+        half_width = width + entropy_coef * -torch.xlogy(a, a).sum(-1)
+        return centre, half_width
+
+
+def soft_band(a: torch.Tensor, len_s: torch.Tensor, len_t: torch.Tensor, width: float, entropy_coef: float,
+              center_blend: float, penalty: float) -> torch.Tensor:
+    """The band penalty ``[B, S, T]`` from an attention matrix ``a [B, S, T]`` (packed to the left: sample b's
+    valid cells are ``a[b, :len_s[b], :len_t[b]]``): ``λ·1[|j − c_i| > w_i]`` with the centre ``c_i`` and the
+    half-width ``w_i`` of ``band_geometry``; exactly 0 outside the valid cells. No gradient."""
+    with torch.no_grad():
+        _, S, T = a.shape
+        dev = a.device
+        i = torch.arange(S, device=dev, dtype=torch.float32)
+        j = torch.arange(T, device=dev, dtype=torch.float32)
+        valid = (i[None, :, None] < len_s[:, None, None]) & (j[None, None, :] < len_t[:, None, None])
+        centre, w = band_geometry(a, len_s, len_t, width, entropy_coef, center_blend)
         out = penalty * ((j[None, None, :] - centre[..., None]).abs() > w[..., None]).float()
         return torch.where(valid, out, 0.0)
 
@@ -314,8 +336,7 @@ class DWAKD(DSKDCMA):
 
         band = None
         if f.dtw == "banded":
-            a = t.cma.a_t2s
-            a = _take(_take(a, order_s).transpose(1, 2), order_t).transpose(1, 2)  # [B, S, T] response × response
+            a = response_attention(t.cma.a_t2s, order_s, order_t)  # [B, S, T] response × response
             c = self.cfg
             band = soft_band(a, len_s, len_t, c.band_width, c.band_entropy_coef, c.band_center_blend,
                              c.band_penalty)

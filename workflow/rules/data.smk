@@ -5,7 +5,8 @@ rule data:
         sets=expand(f"{R}/data/{{s}}.jsonl", s=LOCAL_SETS),
     params:
         cfg=CFG,
-        key=digest(PROFILE.get("train_limit"), PROFILE.get("dev_limit"), PROFILE["eval"], config["datasets"]),
+        key=digest(PROFILE.get("train_limit"), PROFILE.get("dev_limit"), PROFILE["eval"],
+                   {k: v for k, v in config["datasets"].items() if k != "unni"}),  # UnNI: rule data_unni
         out=lambda w, output: parent(output.train),
     log:
         f"{R}/logs/data.log",

@@ -1,16 +1,29 @@
+# Result tables: main / ablation (one job each), the significance table, the training-cost table and the
+# loss curves. Settings: `report:` in config/config.yaml; published numbers: config/published.yaml.
+
+_REPORT = config.get("report") or {}
+# the published numbers file (relative paths are from the repository root); [] when there is none
+_PUB = _REPORT.get("published")
+PUBLISHED = [] if not _PUB else [_PUB if os.path.isabs(_PUB) else str(Path(workflow.basedir) / _PUB)]
+
+
 rule report:
     input:
-        lambda w: expand(f"{R}/eval/{{model}}/{{s}}.json", model=table_models(w), s=EVAL_SETS),
+        evals=lambda w: expand(f"{R}/eval/{{model}}/{{s}}.json", model=table_models(w), s=EVAL_SETS),
+        published=PUBLISHED,
     output:
         md=f"{R}/tables/{{table}}.md",
-        csv=f"{R}/tables/{{table}}.csv",
+        csv=report(f"{R}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables",
+                   labels={"table": "{table}"}),
         tex=f"{R}/tables/{{table}}.tex",
     wildcard_constraints:
         table="|".join(TABLES),
     params:
         cfg=CFG,
+        key=digest(_REPORT, PAIR_NAME),
         eval_dir=f"{R}/eval",
         out=lambda w, output: parent(output.md),
+        published=lambda w, input: f"--published {input.published}" if input.published else "",
     log:
         f"{R}/logs/report/{{table}}.log",
     benchmark:
@@ -19,4 +32,57 @@ rule report:
         ENV
     shell:
         "dwakd report --config {params.cfg} --eval-dir {params.eval_dir} --out {params.out} --table {wildcards.table} "
-        "> {log} 2>&1"
+        "{params.published} > {log} 2>&1"
+
+
+rule significance:
+    input:
+        expand(f"{R}/eval/{{model}}/{{s}}.json", model=["teacher", *RUNS], s=EVAL_SETS),
+    output:
+        md=f"{R}/tables/significance.md",
+        csv=report(f"{R}/tables/significance.csv", caption="../report/significance.rst", category="Tables",
+                   labels={"table": "significance"}),
+        tex=f"{R}/tables/significance.tex",
+    params:
+        cfg=CFG,
+        key=digest(_REPORT.get("baselines"), _REPORT.get("bootstrap")),
+        eval_dir=lambda w, input: parent(input[0], 2),
+        out=lambda w, output: parent(output.md),
+    log:
+        f"{R}/logs/report/significance.log",
+    benchmark:
+        f"{R}/benchmarks/report/significance.tsv"
+    conda:
+        ENV
+    shell:
+        "dwakd significance --config {params.cfg} --eval-dir {params.eval_dir} --out {params.out} > {log} 2>&1"
+
+
+# The training logs (runs/<run>/train_log.jsonl) are written beside each run's model but are not outputs of
+# the train rule (Snakemake would delete them before a resumed run); the runs' model folders stand for them.
+rule efficiency:
+    input:
+        models=expand(f"{R}/runs/{{run}}/model", run=RUNS),
+        published=PUBLISHED,
+    output:
+        md=f"{R}/tables/efficiency.md",
+        csv=report(f"{R}/tables/efficiency.csv", caption="../report/efficiency.rst", category="Tables",
+                   labels={"table": "efficiency"}),
+        tex=f"{R}/tables/efficiency.tex",
+        curves=report(f"{R}/tables/train_curves.csv", caption="../report/curves.rst", category="Tables",
+                      labels={"table": "training curves"}),
+    params:
+        cfg=CFG,
+        key=digest(_REPORT.get("published"), PAIR_NAME),
+        runs_dir=lambda w, input: parent(input.models[0], 2),
+        out=lambda w, output: parent(output.md),
+        published=lambda w, input: f"--published {input.published}" if input.published else "",
+    log:
+        f"{R}/logs/report/efficiency.log",
+    benchmark:
+        f"{R}/benchmarks/report/efficiency.tsv"
+    conda:
+        ENV
+    shell:
+        "dwakd efficiency --config {params.cfg} --runs-dir {params.runs_dir} --out {params.out} "
+        "{params.published} > {log} 2>&1"
