@@ -128,3 +128,15 @@ def test_tiny_profile_runs_end_to_end(tiny_run):
 
     verify_checksums(shipped)
     assert (shipped / "teacher" / "model.safetensors").exists() and (shipped / "MODEL_CARD.md").exists()
+
+
+@pytest.mark.slow
+def test_snakemake_report_is_one_html_file_with_the_tables_and_figures(tiny_run, tmp_path):
+    """`snakemake --report` (no --cores) bundles every captioned table and figure of the run into one HTML."""
+    out = tmp_path / "report.html"
+    snakemake("-d", str(tiny_run), "--config", "profile=tiny", "--report", str(out))
+    html = out.read_text(errors="replace")
+    for name in ("main.csv", "ablation.csv", "significance.csv", "efficiency.csv", "train_curves.csv",
+                 "attention_1.png", "alignment_probe.png", "train_curves.png", "rougeL.png"):
+        assert name in html, name
+    assert "Cross-model attention" in html and "Token-alignment probe" in html  # the captions

@@ -43,7 +43,14 @@ REBUILD = bool(config.get("rebuild_models")) or not PAIR.get("shipped")
 ENV = "../envs/dwakd.yaml"
 # threads of each model job (train, eval, generate, ...): all of --cores unless the profile says fewer, so
 # that small models' jobs (whose time is mostly start-up) run side by side
-JOB_THREADS = PROFILE.get("threads") or workflow.cores
+def _cores():
+    try:
+        return workflow.cores
+    except Exception:  # commands without --cores (`snakemake --report`) never run a job
+        return os.cpu_count() or 1
+
+
+JOB_THREADS = PROFILE.get("threads") or _cores()
 
 
 def _write_resolved_config() -> str:
@@ -150,3 +157,10 @@ def table_models(w):
     """The models whose evaluations a table reads: main adds the copy floor and the teacher."""
     runs = TABLES[w.table]
     return ["copy", "teacher", *runs] if w.table == "main" else runs
+
+
+def figure_caption(path):
+    """The HTML report's caption of a figure (workflow/report/fig_*.rst)."""
+    name = os.path.basename(path).rsplit(".", 1)[0]
+    kind = {"alignment_probe": "probe", "train_curves": "curves", "rougeL": "rouge"}.get(name, "attention")
+    return f"../report/fig_{kind}.rst"

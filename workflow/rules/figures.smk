@@ -54,7 +54,8 @@ rule figures:
         probe=f"{R}/tables/alignment_probe.csv",
         curves=f"{R}/tables/train_curves.csv",  # the efficiency rule (workflow/rules/report.smk)
     output:
-        expand(f"{R}/figures/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=["png", "pdf"]),
+        [report(f, caption=figure_caption(f), category="Figures") if f.endswith(".png") else f
+         for f in expand(f"{R}/figures/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=["png", "pdf"])],
     params:
         tables=lambda w, input: parent(input.main),
         out=lambda w, output: parent(output[0]),
