@@ -213,6 +213,16 @@ def response_attention(a: torch.Tensor, order_s: torch.Tensor, order_t: torch.Te
     return _take(_take(a, order_s).transpose(1, 2), order_t).transpose(1, 2)
 
 
+def _band_grid(a: torch.Tensor, len_s: torch.Tensor, len_t: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(i [S], j [T], valid [B, S, T])`` for an attention matrix ``a [B, S, T]`` packed to the left."""
+    _, S, T = a.shape
+    i = torch.arange(S, device=a.device, dtype=torch.float32)
+    j = torch.arange(T, device=a.device, dtype=torch.float32)
+    valid = (i[None, :, None] < len_s[:, None, None]) & (j[None, None, :] < len_t[:, None, None])
+    return i, j, valid
+
+
 def band_geometry(a: torch.Tensor, len_s: torch.Tensor, len_t: torch.Tensor, width: float, entropy_coef: float,
                   center_blend: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(centre [B, S], half_width [B, S])`` of the band, in teacher positions, from an attention matrix
@@ -221,11 +231,7 @@ def band_geometry(a: torch.Tensor, len_s: torch.Tensor, len_t: torch.Tensor, wid
     (H_i the row entropy, nats). Rows past ``len_s[b]`` hold values that mean nothing. No gradient. The one
     formula of the band: ``soft_band`` and the attention export (``dwakd.attention``) both use it."""
     with torch.no_grad():
-        _, S, T = a.shape
-        dev = a.device
-        i = torch.arange(S, device=dev, dtype=torch.float32)
-        j = torch.arange(T, device=dev, dtype=torch.float32)
-        valid = (i[None, :, None] < len_s[:, None, None]) & (j[None, None, :] < len_t[:, None, None])
+        i, j, valid = _band_grid(a, len_s, len_t)
         a = torch.where(valid, a.detach().float().clamp_min(0.0), 0.0)
         a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         ratio = len_t.float() / len_s.float().clamp_min(1.0)
@@ -240,11 +246,7 @@ def soft_band(a: torch.Tensor, len_s: torch.Tensor, len_t: torch.Tensor, width: 
     valid cells are ``a[b, :len_s[b], :len_t[b]]``): ``λ·1[|j − c_i| > w_i]`` with the centre ``c_i`` and the
     half-width ``w_i`` of ``band_geometry``; exactly 0 outside the valid cells. No gradient."""
     with torch.no_grad():
-        _, S, T = a.shape
-        dev = a.device
-        i = torch.arange(S, device=dev, dtype=torch.float32)
-        j = torch.arange(T, device=dev, dtype=torch.float32)
-        valid = (i[None, :, None] < len_s[:, None, None]) & (j[None, None, :] < len_t[:, None, None])
+        _, j, valid = _band_grid(a, len_s, len_t)
         centre, w = band_geometry(a, len_s, len_t, width, entropy_coef, center_blend)
         out = penalty * ((j[None, None, :] - centre[..., None]).abs() > w[..., None]).float()
         return torch.where(valid, out, 0.0)
