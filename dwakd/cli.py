@@ -366,17 +366,12 @@ def cmd_report(args) -> None:
     print((Path(args.out) / f"{args.table}.md").read_text())
 
 
-def _all_runs(prof: dict) -> list[str]:
-    """Every run of the profile's tables, once: the main table's, then the ablation table's not yet listed."""
-    return list(dict.fromkeys(r for runs in C.tables(prof).values() for r in runs))
-
-
 def cmd_significance(args) -> None:
     from dwakd.report import significance_table, write_significance
 
     cfg = _cfg(args)
     prof = C.profile(cfg)
-    runs = _all_runs(prof)
+    runs = C.table_runs(prof)
     rows = ["teacher", *runs]
     sets = prof["eval"]["sets"]
     boot, baselines, _ = _report_settings(cfg)
@@ -392,7 +387,7 @@ def cmd_efficiency(args) -> None:
 
     cfg = _cfg(args)
     prof = C.profile(cfg)
-    runs = _all_runs(prof)
+    runs = C.table_runs(prof)
     _, _, published = _report_settings(cfg, args.published)
     pub = published.get("efficiency") if published_for_pair(published, prof["pair"]) is not None else None
     t = efficiency_table(Path(args.runs_dir), runs, _titles(cfg, runs), pub)
@@ -419,9 +414,9 @@ def cmd_figures(args) -> None:
 
 def cmd_lm_eval(args) -> None:
     """Score any Hugging Face causal LM with the dwakd lm-eval tasks (dwakd/lm_eval_tasks), one run per seed."""
-    from dwakd.lm_eval_tasks.seeds import evaluate_seeds
+    from dwakd.lm_eval_tasks.seeds import SEEDS, evaluate_seeds
 
-    res = evaluate_seeds(args.model, args.tasks.split(","), args.seeds, limit=args.limit,
+    res = evaluate_seeds(args.model, args.tasks.split(","), args.seeds or SEEDS, limit=args.limit,
                          batch_size=args.batch_size, device=args.device, model_args=args.model_args,
                          gen_kwargs=args.gen_kwargs, metadata=json.loads(args.metadata) if args.metadata else None)
     out = Path(args.out)
@@ -496,7 +491,7 @@ def parser() -> argparse.ArgumentParser:
     p = add("lm-eval", cmd_lm_eval, "lm-eval tasks of the sets over the generation seeds (needs lm-eval)")
     p.add_argument("--model", required=True, help="a Hugging Face causal LM: folder or hub id (pretrained=)")
     p.add_argument("--tasks", default="dwakd", help="comma-separated dwakd tasks/groups (default: dwakd)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[10, 20, 30, 40, 50])
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the protocol's (GenConfig.seeds)")
     p.add_argument("--limit", type=int, default=None, help="first N prompts of each set (testing)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")

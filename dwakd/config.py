@@ -92,6 +92,12 @@ def tables(prof: dict) -> dict[str, list[str]]:
     return out
 
 
+def table_runs(prof: dict) -> list[str]:
+    """Every run of the profile's tables, once: the main table's, then the ablation table's not yet listed
+    (the Snakefile's ``RUNS``)."""
+    return list(dict.fromkeys(r for runs in tables(prof).values() for r in runs))
+
+
 def profile(cfg: dict) -> dict[str, Any]:
     return cfg["profiles"][cfg["profile"]]
 
