@@ -11,13 +11,14 @@ number) and the peak memory the log reports.
 
 from __future__ import annotations
 
-import json
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
+
+from dwakd.efficiency import read_train_log
+from dwakd.errors import DataError
 
 
 def main(results: str = "results") -> None:
@@ -49,14 +50,16 @@ def main(results: str = "results") -> None:
 
 
 def step_times(results: Path) -> dict[str, dict]:
-    """Per run: number of optimiser steps, median and total ``step_time_s``, largest ``peak_mem_mb``."""
+    """Per run: number of optimiser steps, median and total ``step_time_s``, largest ``peak_mem_mb`` (the step
+    lines as ``dwakd efficiency`` reads them: a step repeated by a resumed run counts once)."""
     out = {}
     for log in sorted((results / "runs").glob("*/train_log.jsonl")):
-        recs = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
-        t = [r["step_time_s"] for r in recs if "step_time_s" in r]
-        if t:
-            out[log.parent.name] = {"steps": len(t), "median": statistics.median(t), "total": sum(t),
-                                    "peak_mb": max(r.get("peak_mem_mb", 0.0) for r in recs)}
+        try:
+            d = read_train_log(log)
+        except DataError:  # a run killed before its first step
+            continue
+        out[log.parent.name] = {"steps": len(d), "median": float(d.step_time_s.median()),
+                                "total": float(d.step_time_s.sum()), "peak_mb": float(d.peak_mem_mb.max())}
     return out
 
 

@@ -34,7 +34,8 @@ def test_workflow_times_step_summary_reads_the_training_logs(tmp_path):
     for run, times in {"sft": [1.0, 2.0, 3.0], "uld": [4.0, 5.0, 6.0, 100.0]}.items():
         d = tmp_path / "runs" / run
         d.mkdir(parents=True)
-        lines = [{"step": i + 1, "step_time_s": t, "peak_mem_mb": 10.0 * (i + 1)} for i, t in enumerate(times)]
+        lines = [{"step": i + 1, "loss": 1.0, "step_time_s": t, "tokens_per_s": 1.0, "peak_mem_mb": 10.0 * (i + 1)}
+                 for i, t in enumerate(times)]
         lines.append({"step": len(times), "epoch": 0, "dev_last": None})  # an end-of-epoch line has no step time
         (d / "train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     s = _load("workflow_times").step_times(tmp_path)
