@@ -92,7 +92,7 @@ def attention_runs(cfg: dict, fc: FiguresConfig) -> tuple[list[str], list[str]]:
     def cma(run: str) -> bool:
         return has_cross_model_attention(get_method(C.run_spec(cfg, run)["method"]))
 
-    listed = list(dict.fromkeys(r for runs in C.tables(C.profile(cfg)).values() for r in runs))
+    listed = C.table_runs(C.profile(cfg))
     for r in fc.runs or []:
         if not cma(r):
             raise ConfigError(f"profiles.{cfg['profile']}.figures.runs: run {r!r} (method "
@@ -116,16 +116,6 @@ class SampleMap:
     half_width: np.ndarray | None = None  # [S]
 
 
-def encode_items(records: list[dict], stok, ttok, tcfg) -> list[dict]:
-    """Prompt + first gold response of each record on both sides, as the training loop encodes them."""
-    from dwakd.train import encode_records
-
-    items = encode_records(records, stok, tcfg)
-    for s, t in zip(items, encode_records(records, ttok, tcfg)):
-        s["teacher"] = t
-    return items
-
-
 def response_length(item: dict) -> int:
     """Response positions of an encoded item (labels ≠ −100 after the first position)."""
     return sum(1 for x in item["labels"][1:] if x != -100)
@@ -141,33 +131,25 @@ def pick_samples(items: list[dict], n: int, min_tokens: int, max_tokens: int) ->
 
 
 @torch.no_grad()
-def run_maps(method, student, teacher, items: list[dict], ids: list[str], stok, ttok, batch_size: int = 8,
-             band: bool = False) -> list[SampleMap]:
-    """``SampleMap`` of every item: one forward pass of each model per batch and ``method.terms``' ``A_t2s``.
-    ``band``: also the DWA-KD band (``band_geometry`` with the method's band settings)."""
+def run_maps(trainer, items: list[dict], ids: list[str], batch_size: int = 8, band: bool = False) -> list[SampleMap]:
+    """``SampleMap`` of every item (``trainer.make_items``): one forward pass of each model per batch
+    (``trainer.forward``, as in training) and the method's ``A_t2s``. ``band``: also the DWA-KD band
+    (``band_geometry`` with the method's band settings)."""
     from baselines._common import response_tokens
     from dwakd.methods.dwakd import band_geometry, gather_left, response_attention
-    from dwakd.models import forward
-    from dwakd.train import collate
 
-    device = next(student.parameters()).device
-    student.eval()
-    teacher.eval()
-    method.eval()
+    method = trainer.method
+    for m in (trainer.student, trainer.teacher, method):
+        m.eval()
     out: list[SampleMap | None] = [None] * len(items)
     # batches of similar lengths (little padding); the result is in the items' order
     order = sorted(range(len(items)), key=lambda k: (len(items[k]["teacher"]["input_ids"]), k))
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         chunk = [items[k] for k in idx]
-        batch = {"student": collate(chunk, stok.pad_token_id),
-                 "teacher": collate([x["teacher"] for x in chunk], ttok.pad_token_id)}
-        batch = {k: {kk: vv.to(device) for kk, vv in v.items()} for k, v in batch.items()}
+        batch = trainer.batch(chunk)
         tb, sb = batch["teacher"], batch["student"]
-        t_out = forward(teacher, tb["input_ids"], tb["attention_mask"], hidden="hidden" in method.teacher_outputs,
-                        embeds="embeds" in method.teacher_outputs)
-        s_out = forward(student, sb["input_ids"], sb["attention_mask"], hidden="hidden" in method.student_outputs,
-                        embeds="embeds" in method.student_outputs)
+        s_out, t_out = trainer.forward(batch)
         t = method.terms(batch, s_out, t_out, return_attention=True)
         order_s, len_s, _ = gather_left(t.student_mask)
         order_t, len_t, _ = gather_left(t.teacher_mask)
@@ -244,7 +226,7 @@ def export(cfg: dict, models: Path, runs_dir: Path, data_dir: Path, out: Path, l
     from dwakd.data import load_jsonl
     from dwakd.methods.dwakd import DWAKD
     from dwakd.models import load_model, load_tokenizer
-    from dwakd.train import METHOD_STATE, load_method_state
+    from dwakd.train import METHOD_STATE, Trainer, load_method_state
 
     t0 = time.time()
     fc = figures_config(cfg)
@@ -275,13 +257,13 @@ def export(cfg: dict, models: Path, runs_dir: Path, data_dir: Path, out: Path, l
         stok = load_tokenizer(model_dir)
         method = cls(mcfg, student, teacher, stok, ttok).to(device)
         load_method_state(method, model_dir)
-        items = encode_items(records, stok, ttok, tcfg)
+        trainer = Trainer(method, student, teacher, stok, ttok, tcfg, runs_dir / run)  # encoding, batches, forward
+        items = trainer.make_items(records)
         if not picked:
             picked = pick_samples(items, fc.samples, fc.min_tokens, fc.max_tokens)
         want = sorted(set(range(n_probe)) | (set(picked) if run in map_runs else set()))
         banded = isinstance(method, DWAKD) and method.flags.dtw == "banded"
-        maps = dict(zip(want, run_maps(method, student, teacher, [items[k] for k in want], [ids[k] for k in want],
-                                       stok, ttok, band=banded)))
+        maps = dict(zip(want, run_maps(trainer, [items[k] for k in want], [ids[k] for k in want], band=banded)))
         title = cfg["methods"][run].get("title", run)
         gt = [eta_pairs(stok, ttok, maps[k].student_ids, maps[k].teacher_ids) for k in range(n_probe)]
         probe_rows.append({"run": run, "method": title, **probe([maps[k] for k in range(n_probe)], gt)})

@@ -178,19 +178,25 @@ class Trainer:
                 for k, v in b.items()}
 
     # -- one micro-batch ----------------------------------------------------------------------
-    def micro_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, batch: dict):
+        """``(student_out, teacher_out)`` on ``batch`` with the features the method asks for; the teacher (None
+        when the method needs none) without gradient."""
         m = self.method
+        t_out = None
+        if m.needs_teacher:
+            tb = batch["teacher"] if m.needs_teacher_tokens else batch["student"]
+            with torch.no_grad():
+                t_out = forward(self.teacher, tb["input_ids"], tb["attention_mask"],
+                                hidden="hidden" in m.teacher_outputs, embeds="embeds" in m.teacher_outputs)
+        sb = batch["student"]
+        s_out = forward(self.student, sb["input_ids"], sb["attention_mask"],
+                        hidden="hidden" in m.student_outputs, embeds="embeds" in m.student_outputs)
+        return s_out, t_out
+
+    def micro_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            t_out = None
-            if m.needs_teacher:
-                tb = batch["teacher"] if m.needs_teacher_tokens else batch["student"]
-                with torch.no_grad():
-                    t_out = forward(self.teacher, tb["input_ids"], tb["attention_mask"],
-                                    hidden="hidden" in m.teacher_outputs, embeds="embeds" in m.teacher_outputs)
-            sb = batch["student"]
-            s_out = forward(self.student, sb["input_ids"], sb["attention_mask"],
-                            hidden="hidden" in m.student_outputs, embeds="embeds" in m.student_outputs)
-            return m.loss(batch, s_out, t_out)
+            s_out, t_out = self.forward(batch)
+            return self.method.loss(batch, s_out, t_out)
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
