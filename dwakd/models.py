@@ -1,30 +1,186 @@
-"""Model handling that is generic over Hugging Face causal LMs.
+"""Model handling that is generic over Hugging Face causal LMs (GPT-2, OPT, Llama, Mistral, Qwen2).
 
 Embeddings, hidden states and the LM head are reached through the ``transformers`` API
-(``get_input_embeddings``, ``output_hidden_states``, ``get_output_embeddings``), never through
-attribute paths of one architecture, so GPT-2, OPT, Llama, Mistral and Qwen2 all work.
+(``get_input_embeddings``, ``get_output_embeddings``), never through attribute paths of one architecture.
+``forward`` takes the last hidden state from the LM head's own input (a forward pre-hook), so ``hidden`` is
+always the vector the head multiplies, also for OPT models whose ``project_out`` maps the decoder's width to
+``word_embed_proj_dim`` (OPT-350m).
+
+Training set-up (``ModelSettings``, ``prepare_for_training``): dtype, gradient checkpointing (non-reentrant),
+LoRA through ``peft``; ``save_trained`` writes a plain, merged model folder that ``load_model`` reads without
+peft (plus the adapter under ``adapter/``). Notes per class: docs/models.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from dwakd.errors import ConfigError
+
+#: the dtypes a model may be loaded / trained in, by their config name
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+ADAPTER_DIR = "adapter"  # in a folder written by ``save_trained``: the LoRA adapter (peft format)
 
 
 @dataclass
 class LMOutput:
     """What a method may ask of a forward pass.
 
-    logits: [B, L, V]; hidden: [B, L, d] last hidden state (after the final norm, as the head sees it);
-    embeds: [B, L, d] input-embedding lookup of ``input_ids`` (in the autograd graph of the student).
+    logits: [B, L, V].
+    hidden: [B, L, d_h] the last hidden state *as the LM head reads it* (after the final norm and, for OPT,
+      after ``project_out``), so ``get_output_embeddings()(hidden) == logits``; ``d_h == hidden_dim(model)``.
+    embeds: [B, L, d_e] the input-embedding lookup ``get_input_embeddings()(input_ids)`` (before position
+      embeddings, OPT's ``project_in`` or any scaling inside the model); ``d_e == embed_dim(model)``. It is
+      the tensor the model was run on, so it is in the student's autograd graph.
+    For the five supported classes d_h == d_e (OPT: both are ``word_embed_proj_dim``).
     """
 
     logits: torch.Tensor
     hidden: torch.Tensor | None = None
     embeds: torch.Tensor | None = None
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA of a student (``peft.LoraConfig(task_type="CAUSAL_LM")``).
+
+    Defaults: DSKD's TinyLLaMA scripts (LORA_RANK=256, LORA_ALPHA=8, LORA_DROPOUT=0.1). ``target_modules``
+    "all-linear" is peft's: every ``nn.Linear`` and GPT-2 ``Conv1D`` except the output layer — for
+    Llama/Mistral/Qwen2 exactly DSKD's list (q/k/v/o_proj, gate/up/down_proj), for GPT-2 c_attn, c_proj, c_fc,
+    for OPT q/k/v/out_proj, fc1, fc2 (and project_in/out where present). A list names modules explicitly.
+    """
+
+    r: int = 256
+    alpha: float = 8.0
+    dropout: float = 0.1
+    target_modules: str | list[str] = "all-linear"
+
+    def validate(self, where: str) -> None:
+        if not _is_int(self.r) or self.r < 1:
+            raise ConfigError(f"{where}.r: expected a positive integer (the LoRA rank), got {self.r!r}")
+        if not _is_number(self.alpha) or self.alpha <= 0:
+            raise ConfigError(f"{where}.alpha: expected a positive number (lora_alpha), got {self.alpha!r}")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{where}.dropout: expected a number in [0, 1), got {self.dropout!r}")
+        t = self.target_modules
+        ok = (isinstance(t, str) and t.strip() != "") or (
+            isinstance(t, (list, tuple)) and len(t) > 0 and all(isinstance(x, str) and x for x in t))
+        if not ok:
+            raise ConfigError(f"{where}.target_modules: expected 'all-linear' or a non-empty list of module names "
+                              f"(e.g. ['q_proj', 'v_proj']; GPT-2: ['c_attn']), got {t!r}")
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        t = self.target_modules
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=t if isinstance(t, str) else list(t), task_type="CAUSAL_LM")
+
+
+@dataclass
+class ModelSettings:
+    """How a model is loaded and set up for training or inference (``profiles.<p>.models.<role>`` style).
+
+    dtype: the weights' dtype ("float32" | "bfloat16" | "float16"). On CUDA the Trainer also autocasts to
+      bf16, so a fully fine-tuned student is best kept in float32 (fp32 master weights, bf16 compute); bf16
+      weights suit frozen teachers and the frozen base of a LoRA student (peft keeps the adapter in fp32).
+    gradient_checkpointing: recompute the decoder layers in the backward pass (non-reentrant).
+    lora: LoRA settings (``LoraSettings``), or None for full fine-tuning.
+    attn_implementation: "eager" | "sdpa" | "flash_attention_2" | … (transformers' names); None = its default.
+    """
+
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None
+    attn_implementation: str | None = None
+
+    def validate(self, where: str) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"{where}.dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(f"{where}.gradient_checkpointing: expected true or false, got "
+                              f"{self.gradient_checkpointing!r}")
+        if self.lora is not None:
+            if not isinstance(self.lora, LoraSettings):
+                raise ConfigError(f"{where}.lora: expected LoRA settings (r, alpha, dropout, target_modules) or "
+                                  f"null, got {self.lora!r}")
+            self.lora.validate(f"{where}.lora")
+        if self.attn_implementation is not None and (not isinstance(self.attn_implementation, str)
+                                                     or not self.attn_implementation):
+            raise ConfigError(f"{where}.attn_implementation: expected a transformers attention implementation "
+                              f"name ('eager', 'sdpa', 'flash_attention_2', ...) or null, got "
+                              f"{self.attn_implementation!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @classmethod
+    def from_dict(cls, d: dict | None, where: str) -> ModelSettings:
+        """Build from a YAML mapping (``lora`` a mapping or null); unknown keys and wrong types name the key."""
+        if d is None:
+            d = {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected a mapping of model settings, got {d!r}")
+        d = dict(d)
+        _check_keys(d, cls, where)
+        lora = d.pop("lora", None)
+        if lora is not None and lora is not False:
+            if not isinstance(lora, dict):
+                raise ConfigError(f"{where}.lora: expected a mapping (r, alpha, dropout, target_modules) or null, "
+                                  f"got {lora!r}")
+            _check_keys(lora, LoraSettings, f"{where}.lora")
+            lora = dict(lora)
+            if _is_int(lora.get("alpha")):
+                lora["alpha"] = float(lora["alpha"])
+            if _is_int(lora.get("dropout")):
+                lora["dropout"] = float(lora["dropout"])
+            lora = LoraSettings(**lora)
+        else:
+            lora = None
+        s = cls(**d, lora=lora)
+        s.validate(where)
+        return s
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_keys(d: dict, cls: type, where: str) -> None:
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(str(k) for k in d if k not in names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; {cls.__name__} accepts {names}")
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A ``torch.dtype`` from a dtype or its name in ``DTYPES`` ("bfloat16", ...)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ConfigError(f"dtype: expected one of {sorted(DTYPES)} or a torch.dtype, got {dtype!r}")
+
+
+# --------------------------------------------------------------------------------------- build / load
 
 
 def build_model(arch: str, vocab_size: int, tokenizer, **arch_kwargs) -> PreTrainedModel:
@@ -36,13 +192,56 @@ def build_model(arch: str, vocab_size: int, tokenizer, **arch_kwargs) -> PreTrai
     return AutoModelForCausalLM.from_config(cfg)
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Load a causal LM from a folder or a Hugging Face id."""
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+def _source(path: str | Path, what: str) -> str:
+    """``path`` as ``from_pretrained`` should get it: an existing model folder, or a valid hub id."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if what == "model" and not (p / "config.json").exists():
+            hint = (" It holds a LoRA adapter only (adapter_config.json): load the merged model folder that "
+                    "dwakd.models.save_trained writes beside it instead." if (p / "adapter_config.json").exists()
+                    else "")
+            raise FileNotFoundError(f"{p}: a folder without config.json, not a saved model folder "
+                                    f"(save_pretrained / save_trained write one).{hint}")
+        return str(p)
+    if p.exists():
+        raise FileNotFoundError(f"{p}: a file, not a model folder or a Hugging Face model id")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(str(path))
+    except HFValidationError:
+        raise FileNotFoundError(f"{path}: no such {what} folder, and not a valid Hugging Face model id "
+                                f"('name' or 'owner/name')") from None
+    return str(path)
 
 
-def load_tokenizer(path: str | Path):
-    tok = AutoTokenizer.from_pretrained(str(path))
+def load_model(path: str | Path, dtype: torch.dtype | str = torch.float32, revision: str | None = None,
+               attn_implementation: str | None = None) -> PreTrainedModel:
+    """Load a causal LM from a local folder or a Hugging Face id (``revision``: a hub branch, tag or commit).
+
+    A path that is neither an existing folder nor a valid hub id raises ``FileNotFoundError`` naming it; a hub
+    id that cannot be fetched (unknown, or no network and not in the cache) raises ``OSError`` naming it."""
+    src = _source(path, "model")
+    kwargs: dict[str, Any] = {"dtype": as_dtype(dtype)}
+    if revision:
+        kwargs["revision"] = revision
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except OSError as e:
+        if Path(src).is_dir():
+            raise
+        raise OSError(f"{src}: could not load it from the Hugging Face hub (revision {revision or 'main'}): not a "
+                      f"local folder, and the hub has no such model or cannot be reached ({e})") from e
+
+
+def load_tokenizer(path: str | Path, revision: str | None = None):
+    """The tokenizer of a model folder or hub id; ``pad = eos`` when it has no pad token (GPT-2, Llama,
+    Mistral). Training right-pads and masks padding, generation left-pads with an attention mask, so a pad
+    equal to EOS is never confused with a real EOS."""
+    src = _source(path, "tokenizer")
+    tok = AutoTokenizer.from_pretrained(src, **({"revision": revision} if revision else {}))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -53,14 +252,153 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def lm_head_weight(model: PreTrainedModel) -> torch.Tensor:
-    """[V, d] output projection."""
+    """[V, d] output projection (its d is ``hidden_dim``)."""
     return model.get_output_embeddings().weight
+
+
+def hidden_dim(model: PreTrainedModel) -> int:
+    """The width of ``LMOutput.hidden`` (what the head reads; OPT: ``word_embed_proj_dim``, not hidden_size)."""
+    return lm_head_weight(model).size(1)
+
+
+def embed_dim(model: PreTrainedModel) -> int:
+    """The width of ``LMOutput.embeds`` (the input-embedding table's; OPT: ``word_embed_proj_dim``)."""
+    return model.get_input_embeddings().weight.size(1)
 
 
 def forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             hidden: bool = False, embeds: bool = False) -> LMOutput:
-    """One forward pass returning what the method needs (see ``LMOutput``)."""
+    """One forward pass returning what the method needs (see ``LMOutput``).
+
+    The embeddings are looked up here and passed as ``inputs_embeds`` (so ``embeds`` is the tensor the model
+    ran on); the last hidden state is captured at the LM head's input, without ``output_hidden_states``
+    (which would also keep every layer's output)."""
     emb = model.get_input_embeddings()(input_ids)
-    out = model(inputs_embeds=emb, attention_mask=attention_mask, output_hidden_states=hidden, use_cache=False)
-    return LMOutput(logits=out.logits, hidden=out.hidden_states[-1] if hidden else None,
-                    embeds=emb if embeds else None)
+    captured: list[torch.Tensor] = []
+    handle = None
+    if hidden:
+        def grab(_module, args, kwargs):
+            captured.append(args[0] if args else next(iter(kwargs.values())))
+
+        handle = model.get_output_embeddings().register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        out = model(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False)
+    finally:
+        if handle is not None:
+            handle.remove()
+    h = None
+    if hidden:
+        if not captured:
+            raise RuntimeError(f"{type(model).__name__}: the LM head was not called in the forward pass, so the "
+                               f"last hidden state could not be taken from its input")
+        h = captured[-1]
+        if h.shape[:2] != out.logits.shape[:2]:
+            raise RuntimeError(f"{type(model).__name__}: the LM head read {tuple(h.shape)} but the logits are "
+                               f"{tuple(out.logits.shape)} (logits_to_keep?)")
+    return LMOutput(logits=out.logits, hidden=h, embeds=emb if embeds else None)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def prepare_for_training(model: PreTrainedModel, settings: ModelSettings, where: str = "model"):
+    """Set ``model`` up for training as ``settings`` say; returns the model to train (a ``PeftModel`` with LoRA).
+
+    * dtype: the weights are cast to ``settings.dtype``;
+    * attention: ``set_attn_implementation`` when ``settings.attn_implementation`` is given;
+    * gradient checkpointing: ``gradient_checkpointing_enable(use_reentrant=False)`` and ``use_cache=False``
+      (it recomputes only in ``train()`` mode, the Trainer's);
+    * LoRA: ``peft.get_peft_model`` with ``LoraConfig(task_type="CAUSAL_LM")``: only the adapter has
+      ``requires_grad`` (peft freezes the rest); with gradient checkpointing, ``enable_input_require_grads``
+      also makes the embedding output require grad (a hook on the embedding module, which ``forward`` calls),
+      so the checkpointed layers are in the graph even though the embedding table is frozen.
+    """
+    settings.validate(where)
+    if is_peft_model(model):
+        raise ValueError(f"{where}: the model is already a PeftModel; prepare the base model once")
+    model = model.to(settings.torch_dtype)
+    if settings.attn_implementation:
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(settings.attn_implementation)
+        else:  # older transformers
+            model.config._attn_implementation = settings.attn_implementation
+    if settings.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"{where}.gradient_checkpointing: {type(model).__name__} does not support it")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if settings.lora is not None:
+        from peft import get_peft_model
+
+        if settings.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, settings.lora.peft_config())
+    return model
+
+
+def load_for_training(path: str | Path, settings: ModelSettings, revision: str | None = None,
+                      where: str = "model"):
+    """``load_model`` in ``settings.dtype`` (and attention), then ``prepare_for_training``."""
+    settings.validate(where)
+    model = load_model(path, settings.torch_dtype, revision, settings.attn_implementation)
+    return prepare_for_training(model, settings, where)
+
+
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """The plain ``transformers`` state dict of a ``PeftModel`` with its active LoRA adapters merged into the
+    base weights (``W + B·A·alpha/r``, GPT-2's transposed Conv1D included), on the CPU. The model is not
+    changed (nothing is merged in place, no copy of the model is made)."""
+    from peft.tuners.lora import LoraLayer
+
+    inner = model.get_base_model()
+    lora_layers = {n: m for n, m in inner.named_modules() if isinstance(m, LoraLayer)}
+    sd: dict[str, torch.Tensor] = {}
+    for k, v in inner.state_dict().items():
+        if ".lora_" in k or k.startswith("lora_"):
+            continue
+        sd[k.replace(".base_layer.", ".")] = v.detach().cpu()
+    with torch.no_grad():
+        for name, mod in lora_layers.items():
+            base = mod.get_base_layer()
+            w = base.weight.detach()
+            if not mod.merged:
+                for a in mod.active_adapters:
+                    if a in getattr(mod, "lora_A", {}) or a in getattr(mod, "lora_embedding_A", {}):
+                        w = w + mod.get_delta_weight(a).to(w.dtype)
+            sd[f"{name}.weight"] = w.cpu().clone()
+    leftover = [k for k in sd if ".base_layer" in k or "modules_to_save" in k or "original_module" in k]
+    if leftover:
+        raise NotImplementedError(f"merged_state_dict: cannot map peft keys {leftover[:3]} to the base model")
+    return sd
+
+
+def save_trained(model, tokenizer, dest: str | Path) -> Path:
+    """Write a trained model as a plain ``save_pretrained`` folder ``dest`` that ``load_model`` reads without
+    peft, plus ``tokenizer`` (if given). A LoRA student (``PeftModel``) is saved merged (``merged_state_dict``)
+    and its adapter alone goes to ``dest/adapter/`` (``PeftModel.save_pretrained``). The model being trained is
+    left as it was (safe to call mid-training). The saved config has ``use_cache`` on (generation)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    base = model.get_base_model() if is_peft_model(model) else model
+    use_cache = base.config.use_cache
+    base.config.use_cache = True
+    try:
+        if is_peft_model(model):
+            base.save_pretrained(dest, state_dict=merged_state_dict(model))
+            model.save_pretrained(dest / ADAPTER_DIR)
+        else:
+            model.save_pretrained(dest)
+    finally:
+        base.config.use_cache = use_cache
+    if tokenizer is not None:
+        tokenizer.save_pretrained(dest)
+    return dest
+
