@@ -122,7 +122,8 @@ class CrossModelAttention(nn.Module):
 
     def queries(self, student_ex: torch.Tensor, student_ey: torch.Tensor) -> torch.Tensor:
         """``Q = P_query([e_s(x); e_s(y)])`` [B, S, 2d_t]."""
-        return self.query(torch.cat([student_ex, student_ey], dim=-1))
+        x = torch.cat([student_ex, student_ey], dim=-1)
+        return self.query(x.to(self.query.weight.dtype))  # bf16 models without autocast: the projector's dtype
 
     def keys(self, teacher_ex: torch.Tensor, teacher_ey: torch.Tensor, teacher_mask: torch.Tensor) -> torch.Tensor:
         """``K = N([e_t(x); e_t(y)])`` [B, T, 2d_t] (no parameters; detached)."""
@@ -141,9 +142,9 @@ class CrossModelAttention(nn.Module):
         """
         q = self.queries(student_ex, student_ey)
         k = self.keys(teacher_ex, teacher_ey, teacher_mask)
-        v_t = self.t2s(scale_norm(teacher_hidden.detach(), teacher_mask)
-                       + scale_norm(teacher_ey.detach(), teacher_mask))
-        v_s = self.s2t(student_hidden) if student_hidden is not None else None
+        v_t = self.t2s((scale_norm(teacher_hidden.detach(), teacher_mask)
+                        + scale_norm(teacher_ey.detach(), teacher_mask)).to(self.t2s.weight.dtype))
+        v_s = self.s2t(student_hidden.to(self.s2t.weight.dtype)) if student_hidden is not None else None
         with torch.autocast(device_type=q.device.type, enabled=False):
             scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(2 * self.d_teacher)
             a_t2s = masked_softmax(scores, student_mask, teacher_mask)
