@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dwakd.models import build_model, forward, lm_head_weight, load_model, load_tokenizer
+from dwakd.models import build_model, embed_dim, forward, hidden_dim, lm_head_weight, load_model, load_tokenizer
 
 ARCHS = {
     "gpt2": dict(n_embd=32, n_layer=1, n_head=2, n_positions=128),
@@ -26,7 +26,8 @@ def test_forward_returns_logits_hidden_and_embeddings(arch, tiny_pair, tmp_path)
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     out = forward(model, ids, mask, hidden=True, embeds=True)
-    d = model.config.hidden_size
+    d = hidden_dim(model)
+    assert d == embed_dim(model) == model.config.hidden_size
     assert out.logits.shape == (2, 4, len(tok))
     assert out.hidden.shape == (2, 4, d) and out.embeds.shape == (2, 4, d)
     # the hidden state is what the head reads: logits = hidden @ W_headᵀ (+ bias)
