@@ -29,7 +29,7 @@ include: "workflow/rules/figures.smk"
 rule all:
     default_target: True
     input:
-        expand(f"{R}/tables/{{table}}.{{ext}}", table=list(TABLES), ext=["md", "csv", "tex"]),
-        rules.figures.output,
-        expand(f"{R}/tables/{{table}}.{{ext}}", table=["significance", "efficiency"], ext=["md", "csv", "tex"]),
-        f"{R}/tables/train_curves.csv",
+        expand(f"{P}/tables/{{table}}.{{ext}}", pair=PAIRS, table=list(TABLES), ext=["md", "csv", "tex"]),
+        expand(rules.figures.output, pair=PAIRS),
+        expand(f"{P}/tables/{{table}}.{{ext}}", pair=PAIRS, table=["significance", "efficiency"], ext=["md", "csv", "tex"]),
+        expand(f"{P}/tables/train_curves.csv", pair=PAIRS),

@@ -215,9 +215,11 @@ def write_probe(df: pd.DataFrame, out: Path, set_title: str) -> None:
 # ------------------------------------------------------------------------------------------------ export
 
 
-def export(cfg: dict, models: Path, runs_dir: Path, data_dir: Path, out: Path, log=print) -> dict:
+def export(cfg: dict, models: Path, runs_dir: Path, data_dir: Path, out: Path, log=print, pair: str | None = None
+           ) -> dict:
     """Write ``attention.csv``, ``attention_band.csv`` and ``alignment_probe.{csv,md,tex}`` to ``out``
-    (module docstring). Returns a summary (runs, samples, seconds)."""
+    (module docstring) for the runs of ``pair`` (default: the profile's only pair). Returns a summary (runs,
+    samples, seconds)."""
     import time
 
     from baselines._common import tokens_of
@@ -251,7 +253,7 @@ def export(cfg: dict, models: Path, runs_dir: Path, data_dir: Path, out: Path, l
     picked: list[int] = []
     n_probe = len(records) if fc.probe_samples == 0 else min(fc.probe_samples, len(records))
     for run in probe_runs:
-        cls, mcfg, tcfg = build_run(cfg, run)
+        cls, mcfg, tcfg = build_run(cfg, run, pair)
         model_dir = runs_dir / run / "model"
         student = load_model(model_dir).to(device).requires_grad_(False)
         stok = load_tokenizer(model_dir)

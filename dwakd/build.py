@@ -1,6 +1,6 @@
 """Build the embedded pair: pre-train a teacher and a student base from scratch, then fine-tune the teacher.
 
-Run by ``dwakd pretrain`` (and the workflow's ``build_pair`` target). The shipped models in
+Run by ``dwakd pretrain`` (the workflow's ``pretrain`` and ``teacher_sft`` rules). The shipped models in
 ``dwakd/assets/<pair>/`` were made by exactly this code; ``dwakd ship`` stores a built pair there in bf16
 with checksums and a model card.
 """
@@ -21,15 +21,22 @@ from dwakd.models import build_model, count_parameters, load_model, load_tokeniz
 from dwakd.train import TrainConfig, Trainer
 
 
+# keys of a model entry in config.yaml that say how it is loaded or named, not how its architecture is built
+LOAD_KEYS = {"hf_id", "path", "revision", "name", "tokenizer", "dtype", "gradient_checkpointing",
+             "attn_implementation", "lora", "sft"}
+
+
 def arch_kwargs(spec: dict) -> tuple[str, dict]:
-    spec = dict(spec)
+    """``(model_type, config kwargs)`` of a self-built model's entry in config.yaml."""
+    spec = {k: v for k, v in spec.items() if k not in LOAD_KEYS}
     return spec.pop("arch"), spec
 
 
-def train_sft(model, tokenizer, records: list[dict], train_cfg: TrainConfig, out_dir: Path, resume: bool) -> None:
+def train_sft(model, tokenizer, records: list[dict], train_cfg: TrainConfig, out_dir: Path, resume: bool,
+              dev_scorer=None) -> None:
     """Plain CE training of ``model`` (pre-training when ``train_cfg`` packs and trains on prompts)."""
     method = SFT(SFTConfig(), model)
-    Trainer(method, model, None, tokenizer, None, train_cfg, out_dir).fit(records, resume=resume)
+    Trainer(method, model, None, tokenizer, None, train_cfg, out_dir, dev_scorer).fit(records, resume=resume)
 
 
 def pretrain(role: str, spec: dict, tokenizer_dir: Path, records: list[dict], train_over: dict, out_dir: Path,
@@ -51,6 +58,15 @@ def finetune(model_dir: Path, records: list[dict], train_over: dict, out_dir: Pa
     model = load_model(model_dir)
     cfg = build_config(TrainConfig, {"seed": seed, **train_over}, "pairs.build.teacher_sft")
     train_sft(model, tok, records, cfg, out_dir, resume)
+    return out_dir / "model"
+
+
+def finetune_published(model, tokenizer, records: list[dict], train_over: dict, out_dir: Path, resume: bool = False,
+                       seed: int = 10, dev_scorer=None, where: str = "teacher.sft") -> Path:
+    """SFT of a published teacher (``model`` set up by ``dwakd.models.prepare_for_training``, LoRA or full) on
+    the responses of ``records`` with its ``sft`` settings; the selected model (LoRA merged) in ``out_dir/model``."""
+    cfg = build_config(TrainConfig, {"seed": seed, **train_over}, where)
+    train_sft(model, tokenizer, records, cfg, out_dir, resume, dev_scorer)
     return out_dir / "model"
 
 

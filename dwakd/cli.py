@@ -90,7 +90,7 @@ def cmd_tokenizers(args) -> None:
     from dwakd.tokenization import train_pair
 
     cfg = _cfg(args)
-    tk = C.pair(cfg)["tokenizers"]
+    tk = C.pair(cfg, args.pair)["tokenizers"]
     records = load_jsonl(SHIPPED_DATA / cfg["datasets"]["dolly_train"]["file"])
     if tk.get("limit"):
         records = records[: tk["limit"]]
@@ -106,22 +106,43 @@ def cmd_tokenizers(args) -> None:
 
 
 def cmd_models(args) -> None:
-    """Unpack the shipped pair (models and their tokenizers) after checking its checksums, or
-    (``--teacher/--student``) assemble a pair built by ``dwakd pretrain``."""
+    """The pair's models as ``OUT/teacher`` and ``OUT/student_base``: the shipped pair unpacked after checking its
+    checksums; a built pair assembled (``--teacher/--student``, from ``dwakd pretrain``); or, for a pair of
+    published models (``hf_id``/``path``), links to their local folders (``--teacher``: a fine-tuned teacher)."""
+    from dwakd.hub import model_source
+
     cfg = _cfg(args)
-    p = C.pair(cfg)
+    name = C.pair_name(cfg, args.pair)
+    p = C.pair(cfg, name)
     out = Path(args.out)
+    if "arch" not in p["student"]:
+        teacher = Path(args.teacher) if args.teacher else model_source(p["teacher"], f"pairs.{name}.teacher")
+        sources = {"teacher": teacher, "student_base": model_source(p["student"], f"pairs.{name}.student")}
+        _install_links(sources, out)
+        print(json.dumps({k: str(v) for k, v in sources.items()}))
+        return
     if args.teacher or args.student:
         if not (args.teacher and args.student):
             raise C.ConfigError("dwakd models: --teacher and --student go together")
         _install_dirs({"teacher": Path(args.teacher), "student_base": Path(args.student)}, out)
         return
     if not p.get("shipped"):
-        raise C.ConfigError(f"pairs.{C.profile(cfg)['pair']}.shipped: no shipped models; build them with "
+        raise C.ConfigError(f"pairs.{name}.shipped: no shipped models; build them with "
                             f"`dwakd pretrain` (snakemake --config rebuild_models=true)")
     src = ASSETS / p["shipped"]
     verify_checksums(src)
     _install_dirs({"teacher": src / "teacher", "student_base": src / "student"}, out)
+
+
+def _install_links(parts: dict[str, Path], out: Path) -> None:
+    """``out/<name>`` → each model folder as a symbolic link (a 7B model is not copied), made atomically."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, src in parts.items():
+        (tmp / name).symlink_to(Path(src).resolve(), target_is_directory=True)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 def _install_dirs(parts: dict[str, Path], out: Path) -> None:
@@ -136,17 +157,44 @@ def _install_dirs(parts: dict[str, Path], out: Path) -> None:
 
 
 def cmd_pretrain(args) -> None:
+    """Build a model: pre-train a self-built pair's teacher or student, or fine-tune a teacher (``teacher_sft``:
+    the self-built teacher in ``--init``, or a published pair's teacher with its ``sft`` settings)."""
     from dwakd import build
+    from dwakd.methods.base import build_config
+    from dwakd.hub import model_source
+    from dwakd.train import TrainConfig
 
     cfg = _cfg(args)
-    p = C.pair(cfg)
+    name = C.pair_name(cfg, args.pair)
+    p = C.pair(cfg, name)
     b = p.get("build", {})
     records = load_jsonl(args.data)
     out = Path(args.out)
     seed = C.profile(cfg)["train"].get("seed", 10)
-    if args.role == "teacher_sft":
+    if args.role == "teacher_sft" and "arch" not in p["teacher"]:
+        if "sft" not in p["teacher"]:
+            raise C.ConfigError(f"pairs.{name}.teacher: no `sft` settings; this teacher is used as published")
+        import torch
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        sft = p["teacher"]["sft"]
+        model, tok = load_pair_model(model_source(p["teacher"], f"pairs.{name}.teacher"), p["teacher"], "trained",
+                                     device, f"pairs.{name}.teacher")
+        tcfg = build_config(TrainConfig, {"seed": seed, **sft}, f"pairs.{name}.teacher.sft")
+        dev_scorer = None
+        if tcfg.select_by != "last":
+            if not args.dev:
+                raise C.ConfigError(f"pairs.{name}.teacher.sft.select_by: {tcfg.select_by!r} needs --dev")
+            dev_scorer = make_dev_scorer(load_jsonl(args.dev), tok, tcfg)
+        model = build.finetune_published(model, tok, records, sft, out, args.resume, seed, dev_scorer,
+                                         f"pairs.{name}.teacher.sft")
+    elif args.role == "teacher_sft":
+        if not args.init:
+            raise C.ConfigError("dwakd pretrain --role teacher_sft: --init (the pre-trained teacher) is required")
         model = build.finetune(Path(args.init), records, b.get("teacher_sft", {}), out, args.resume, seed)
     else:
+        if not args.tokenizers:
+            raise C.ConfigError(f"dwakd pretrain --role {args.role}: --tokenizers is required")
         model = build.pretrain(args.role, p[args.role], Path(args.tokenizers) / args.role, records,
                                b.get(f"{args.role}_pretrain", {}), out, args.resume, seed)
     C.dump({"role": args.role, "pair": p, "data": args.data}, out / "resolved_config.yaml")
@@ -156,8 +204,8 @@ def cmd_pretrain(args) -> None:
 # ----------------------------------------------------------------------------------- train
 
 
-def build_run(cfg: dict, run: str):
-    """(method class, method config, train config) of a configured run."""
+def build_run(cfg: dict, run: str, pair: str | None = None):
+    """(method class, method config, train config) of a configured run on ``pair`` (default: the only one)."""
     from dwakd.methods.base import build_config
     from dwakd.registry import get_method
     from dwakd.train import TrainConfig
@@ -165,19 +213,17 @@ def build_run(cfg: dict, run: str):
     spec = C.run_spec(cfg, run)
     cls = get_method(spec["method"])
     mcfg = build_config(cls.Config, spec.get("config"), f"methods.{run}.config")
-    tover = {**C.profile(cfg)["train"], **spec.get("train", {})}
-    tcfg = build_config(TrainConfig, tover, f"methods.{run}.train")
+    tcfg = build_config(TrainConfig, C.train_overrides(cfg, run, pair), f"methods.{run}.train")
     return cls, mcfg, tcfg
 
 
 def cmd_train(args) -> None:
     import torch
 
-    from dwakd.models import load_model, load_tokenizer
     from dwakd.train import Trainer
 
     cfg = _cfg(args)
-    cls, mcfg, tcfg = build_run(cfg, args.run)
+    cls, mcfg, tcfg = build_run(cfg, args.run, args.pair)
     if args.vocab_map:
         if not any(f.name == "vocab_map" for f in dataclasses.fields(mcfg)):
             raise C.ConfigError(f"--vocab-map: run {args.run} (method {cls.name}) takes no vocabulary map")
@@ -194,13 +240,14 @@ def cmd_train(args) -> None:
     _threads(tcfg.num_threads)
     models = Path(args.models)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    student = load_model(models / "student_base").to(device)
-    stok = load_tokenizer(models / "student_base")
+    pname = C.pair_name(cfg, args.pair)
+    pair_spec = C.pair(cfg, pname)
+    student, stok = load_pair_model(models / "student_base", pair_spec["student"], "trained", device,
+                                    f"pairs.{pname}.student")
     teacher = ttok = None
     if cls.needs_teacher:
-        teacher = load_model(models / "teacher").to(device)
-        teacher.requires_grad_(False)
-        ttok = load_tokenizer(models / "teacher")
+        teacher, ttok = load_pair_model(models / "teacher", pair_spec["teacher"], "teacher", device,
+                                        f"pairs.{pname}.teacher")
     method = cls(mcfg, student, teacher, stok, ttok).to(device)
     dev_scorer = None
     if tcfg.select_by != "last":
@@ -210,10 +257,33 @@ def cmd_train(args) -> None:
     C.dump({"run": args.run, "method": cls.name, "citation": cls.citation,
             "method_config": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
             "train_file": str(train_file), "train_records": len(records),
-            "pair": C.pair(cfg), "profile": cfg["profile"]}, out / "resolved_config.yaml")
+            "pair": pair_spec, "profile": cfg["profile"]}, out / "resolved_config.yaml")
     t0 = time.time()
     Trainer(method, student, teacher, stok, ttok, tcfg, out, dev_scorer).fit(records, resume=args.resume)
     print(f"trained {args.run} in {time.time() - t0:.1f}s -> {out / 'model'}")
+
+
+def load_pair_model(folder: Path, spec: dict, role: str, device, where: str):
+    """``(model, tokenizer)`` of ``folder`` set up as the pair's model entry ``spec`` says: ``role`` "teacher"
+    frozen in eval mode in ``spec.dtype`` (a fine-tuned teacher's LoRA is already merged into its folder);
+    "trained" with gradient checkpointing and LoRA when asked. Trained weights stay float32 (bf16 compute comes
+    from the Trainer's autocast on GPU, DSKD's bf16 mixed precision); ``spec.dtype`` applies to frozen weights:
+    a teacher, the base of a LoRA model."""
+    import torch
+
+    from dwakd.models import ModelSettings, load_model, load_tokenizer, prepare_for_training
+
+    names = {f.name for f in dataclasses.fields(ModelSettings)}
+    settings = ModelSettings.from_dict({k: spec[k] for k in names if k in spec}, where)
+    if role == "trained" and settings.lora is None:
+        settings = dataclasses.replace(settings, dtype="float32")
+    model = load_model(folder, dtype=settings.torch_dtype)
+    if role == "teacher":
+        model.requires_grad_(False)
+        model.eval()
+    else:
+        model = prepare_for_training(model, settings, where)
+    return model.to(device), load_tokenizer(folder)
 
 
 def make_dev_scorer(dev: list[dict], tokenizer, tcfg):
@@ -361,7 +431,7 @@ def cmd_report(args) -> None:
     set_titles = {s: cfg["datasets"][s]["title"] for s in sets}
     boot, baselines, published = _report_settings(cfg, args.published)
     result = main_table(Path(args.eval_dir), rows, sets, titles, set_titles, baselines=baselines, bootstrap=boot,
-                        published=published_for_pair(published, prof["pair"]))
+                        published=published_for_pair(published, C.pair_name(cfg, args.pair)))
     write_tables(result, Path(args.out), args.table)
     print((Path(args.out) / f"{args.table}.md").read_text())
 
@@ -389,7 +459,7 @@ def cmd_efficiency(args) -> None:
     prof = C.profile(cfg)
     runs = C.table_runs(prof)
     _, _, published = _report_settings(cfg, args.published)
-    pub = published.get("efficiency") if published_for_pair(published, prof["pair"]) is not None else None
+    pub = published.get("efficiency") if published_for_pair(published, C.pair_name(cfg, args.pair)) is not None else None
     t = efficiency_table(Path(args.runs_dir), runs, _titles(cfg, runs), pub)
     write_efficiency(t, Path(args.out))
     print((Path(args.out) / "efficiency.md").read_text())
@@ -401,7 +471,7 @@ def cmd_attention(args) -> None:
 
     cfg = _cfg(args)
     _threads(C.profile(cfg)["train"].get("num_threads", 0))
-    export(cfg, Path(args.models), Path(args.runs), Path(args.data), Path(args.out))
+    export(cfg, Path(args.models), Path(args.runs), Path(args.data), Path(args.out), pair=args.pair)
 
 
 def cmd_figures(args) -> None:
@@ -430,7 +500,7 @@ def cmd_ship(args) -> None:
     from dwakd.build import MODEL_CARD, ship
 
     cfg = _cfg(args)
-    ship(Path(args.teacher), Path(args.student), Path(args.dest), MODEL_CARD, C.pair(cfg))
+    ship(Path(args.teacher), Path(args.student), Path(args.dest), MODEL_CARD, C.pair(cfg, args.pair))
 
 
 # ------------------------------------------------------------------------------------ main
@@ -445,6 +515,7 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.add_argument("--config", action="append", default=[], help="config file (repeatable)")
         p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a key")
+        p.add_argument("--pair", help="the pair (an entry of the profile's `pairs`; default: its only pair)")
         p.set_defaults(fn=fn)
         return p
 
@@ -464,7 +535,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--role", required=True, choices=["teacher", "student", "teacher_sft"])
     p.add_argument("--data", required=True, help="training JSONL")
     p.add_argument("--tokenizers", help="tokenizers folder (teacher/student pre-training)")
-    p.add_argument("--init", help="model to fine-tune (teacher_sft)")
+    p.add_argument("--init", help="model to fine-tune (teacher_sft of a self-built pair)")
+    p.add_argument("--dev", help="dev JSONL for checkpoint selection (teacher_sft of a published teacher)")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
     p = add("generate", cmd_generate, "sample the teacher's responses to the training prompts (SeqKD data)")

@@ -72,8 +72,13 @@ def check(cfg: dict) -> None:
     if name not in cfg["profiles"]:
         raise ConfigError(f"profile: {name!r} is not defined; profiles: {sorted(cfg['profiles'])}")
     prof = cfg["profiles"][name]
-    if prof["pair"] not in cfg["pairs"]:
-        raise ConfigError(f"profiles.{name}.pair: {prof['pair']!r} is not in pairs ({sorted(cfg['pairs'])})")
+    if ("pair" in prof) == ("pairs" in prof):
+        raise ConfigError(f"profiles.{name}: give exactly one of `pair` (one pair; results in results_dir) or "
+                          f"`pairs` (a list; results in results_dir/<pair>/)")
+    for p in profile_pairs(prof):
+        if p not in cfg["pairs"]:
+            key = "pair" if "pair" in prof else "pairs"
+            raise ConfigError(f"profiles.{name}.{key}: {p!r} is not in pairs ({sorted(cfg['pairs'])})")
     for s in prof["eval"]["sets"]:
         if s not in cfg["datasets"]:
             raise ConfigError(f"profiles.{name}.eval.sets: {s!r} is not in datasets ({sorted(cfg['datasets'])})")
@@ -81,6 +86,20 @@ def check(cfg: dict) -> None:
         for r in runs:
             if r not in cfg["methods"]:
                 raise ConfigError(f"profiles.{name}.{key}_table: {r!r} is not in methods ({sorted(cfg['methods'])})")
+    check_shared_teachers(cfg, profile_pairs(prof))
+
+
+def check_shared_teachers(cfg: dict, pairs: list[str]) -> None:
+    """Pairs whose teachers have the same name share its fine-tuned model and samples, so their teacher
+    settings must be the same."""
+    seen: dict[str, tuple[str, dict]] = {}
+    for p in pairs:
+        spec = cfg["pairs"][p]["teacher"]
+        t = teacher_name(cfg["pairs"][p])
+        if t in seen and seen[t][1] != spec:
+            raise ConfigError(f"pairs.{p}.teacher: named {t!r} like pairs.{seen[t][0]}.teacher but its settings "
+                              f"differ; give one of them another `name` (teacher outputs are shared by name)")
+        seen.setdefault(t, (p, spec))
 
 
 def tables(prof: dict) -> dict[str, list[str]]:
@@ -102,8 +121,51 @@ def profile(cfg: dict) -> dict[str, Any]:
     return cfg["profiles"][cfg["profile"]]
 
 
-def pair(cfg: dict) -> dict[str, Any]:
-    return cfg["pairs"][profile(cfg)["pair"]]
+def profile_pairs(prof: dict) -> list[str]:
+    """The pairs a profile runs: ``[pair]`` or its ``pairs`` list."""
+    return list(prof["pairs"]) if "pairs" in prof else [prof["pair"]]
+
+
+def pair_name(cfg: dict, name: str | None = None) -> str:
+    """``name`` checked against the profile's pairs, or the profile's only pair when ``name`` is None."""
+    pairs = profile_pairs(profile(cfg))
+    if name is None:
+        if len(pairs) != 1:
+            raise ConfigError(f"profile {cfg['profile']!r} runs several pairs ({', '.join(pairs)}): "
+                              f"choose one with --pair")
+        return pairs[0]
+    if name not in pairs:
+        raise ConfigError(f"--pair {name}: profile {cfg['profile']!r} runs the pairs {pairs}")
+    return name
+
+
+def pair(cfg: dict, name: str | None = None) -> dict[str, Any]:
+    """The settings of pair ``name`` (default: the profile's only pair)."""
+    return cfg["pairs"][pair_name(cfg, name)]
+
+
+def _slug(s: str) -> str:
+    return s.replace("/", "--")
+
+
+def teacher_name(pair_spec: dict) -> str:
+    """The name a pair's teacher outputs are stored and shared under: ``teacher.name``, or its Hugging Face
+    id with "/" → "--" (pairs with the same teacher share its fine-tuned model and its samples)."""
+    t = pair_spec["teacher"]
+    return t.get("name") or _slug(t.get("hf_id") or t.get("path") or t.get("arch", "teacher"))
+
+
+def vocab_map_name(pair_spec: dict) -> str:
+    """The name of a pair's teacher → student vocabulary map: teacher and student *tokenizer* names (pairs whose
+    students share a tokenizer, e.g. GPT2-120M and GPT2-340M, share the map)."""
+    s = pair_spec["student"]
+    tok = s.get("tokenizer") or s.get("hf_id") or s.get("path") or s.get("arch", "student")
+    return f"{teacher_name(pair_spec)}__{_slug(tok)}"
+
+
+def train_overrides(cfg: dict, run: str, pair_name_: str | None = None) -> dict:
+    """A run's TrainConfig overrides: the profile's ``train``, then the pair's, then the run's (later wins)."""
+    return {**profile(cfg)["train"], **pair(cfg, pair_name_).get("train", {}), **run_spec(cfg, run).get("train", {})}
 
 
 def run_spec(cfg: dict, run: str) -> dict:

@@ -64,7 +64,7 @@ def test_seqkd_trains_on_the_teacher_samples_and_mined_reads_the_vocab_map(tmp_p
 
 def test_bad_config_key_fails_the_dry_run_naming_the_key(tmp_path):
     r = snakemake("-n", "-d", str(tmp_path), "--config", "profile=nope", check=False)
-    assert r.returncode != 0 and "profile 'nope' is not defined" in r.stdout + r.stderr
+    assert r.returncode != 0 and "profile: 'nope' is not defined" in r.stdout + r.stderr
     r = snakemake("-n", "-d", str(tmp_path), "--config", "rebuild_models=perhaps", check=False)
     assert r.returncode != 0 and "rebuild_models" in r.stdout + r.stderr
 
@@ -123,7 +123,7 @@ def test_tiny_profile_runs_end_to_end(tiny_run):
     assert "rule data:" in out and "rule train:" in out and "rule generate:" not in out
     # the maintainers' rebuild target packs the built pair like dwakd/assets/mini
     snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny", "--", "ship")
-    shipped = tmp_path / "results" / "tiny" / "build" / "shipped_tiny"
+    shipped = tmp_path / "results" / "tiny" / "build" / "shipped"
     from dwakd.data import verify_checksums
 
     verify_checksums(shipped)

@@ -1,8 +1,10 @@
 # Shared helpers: config validation, the resolved config file every job reads, and path helpers.
 
 import hashlib
-import os
 import json
+import os
+import re
+import sys
 from pathlib import Path
 
 import yaml
@@ -15,31 +17,69 @@ if isinstance(config.get("rebuild_models"), str) and config["rebuild_models"].lo
 
 validate(config, "../schemas/config.schema.yaml")
 
+sys.path.insert(0, workflow.basedir)  # dwakd.config: YAML and jsonschema only, no torch
+from dwakd import config as C  # noqa: E402
+
+C.check(config)  # the cross-references the schema cannot express (profile -> pairs, sets, runs)
 PROFILE_NAME = config["profile"]
-if PROFILE_NAME not in config["profiles"]:
-    raise ValueError(f"config: profile {PROFILE_NAME!r} is not defined; profiles: {sorted(config['profiles'])}")
 PROFILE = config["profiles"][PROFILE_NAME]
-PAIR_NAME = PROFILE["pair"]
-if PAIR_NAME not in config["pairs"]:
-    raise ValueError(f"config: profiles.{PROFILE_NAME}.pair: {PAIR_NAME!r} is not in pairs")
-PAIR = config["pairs"][PAIR_NAME]
-for _s in PROFILE["eval"]["sets"]:
-    if _s not in config["datasets"]:
-        raise ValueError(f"config: profiles.{PROFILE_NAME}.eval.sets: {_s!r} is not in datasets")
+PAIRS = C.profile_pairs(PROFILE)
 # the result tables: main (copy floor, teacher, main_table) and, if the profile lists runs, ablation
-TABLES = {"main": PROFILE["main_table"]}
-if PROFILE.get("ablation_table"):
-    TABLES["ablation"] = PROFILE["ablation_table"]
-for _t, _runs in TABLES.items():
-    for _r in _runs:
-        if _r not in config["methods"]:
-            raise ValueError(f"config: profiles.{PROFILE_NAME}.{_t}_table: {_r!r} is not in methods")
+TABLES = C.tables(PROFILE)
 
 R = config.get("results_dir") or PROFILE["results_dir"]
 EVAL_SETS = PROFILE["eval"]["sets"]
 LOCAL_SETS = [s for s in EVAL_SETS if s != "unni"]
-RUNS = list(dict.fromkeys(r for runs in TABLES.values() for r in runs))  # every run of every table, once
-REBUILD = bool(config.get("rebuild_models")) or not PAIR.get("shipped")
+RUNS = C.table_runs(PROFILE)  # every run of every table, once
+
+# Layout. One pair (`pair:`): everything under R. Several (`pairs:`): the data under R, each pair's models, runs,
+# evaluations, tables and figures under P = R/<pair>, and what depends on the teacher only (its fine-tuned model,
+# its samples) under R/teachers/<teacher name>, shared by the pairs with that teacher; the MinED vocabulary maps
+# under R/vocab_maps/<teacher>__<student tokenizer>.json, shared by the pairs with those tokenizers.
+MULTI = "pairs" in PROFILE
+P = f"{R}/{{pair}}" if MULTI else R
+GENERATED = f"{R}/teachers/{{teacher}}/generated/teacher_train.jsonl" if MULTI else f"{R}/generated/teacher_train.jsonl"
+VOCAB_MAP = f"{R}/vocab_maps/{{vmap}}.json" if MULTI else f"{R}/vocab_maps/teacher_to_student.json"
+# the per-teacher / per-map part of the shared jobs' log names ("" with one pair)
+TEACHER_PART, VMAP_PART = ("_{teacher}", "_{vmap}") if MULTI else ("", "")
+TEACHER_OF = {p: C.teacher_name(config["pairs"][p]) for p in PAIRS}
+VMAP_OF = {p: C.vocab_map_name(config["pairs"][p]) for p in PAIRS}
+if MULTI:
+
+    wildcard_constraints:
+        pair="|".join(re.escape(p) for p in PAIRS),
+        teacher="|".join(re.escape(t) for t in set(TEACHER_OF.values())),
+        vmap="|".join(re.escape(v) for v in set(VMAP_OF.values())),
+
+
+def pair_of(w):
+    """The pair of a job: its `pair` wildcard, or the profile's only pair."""
+    return w.get("pair", PAIRS[0])
+
+
+def pdir(pair):
+    """The folder of ``pair``'s results."""
+    return P.format(pair=pair)
+
+
+def first_pair(of, name):
+    """The first pair of the profile whose teacher (``of=TEACHER_OF``) or vocabulary map (``VMAP_OF``) is ``name``."""
+    return next(p for p in PAIRS if of[p] == name)
+
+
+def is_hub(pair):
+    """A pair of published models (hf_id / path) rather than one the suite builds (arch)."""
+    return "arch" not in config["pairs"][pair]["student"]
+
+
+def rebuilds(pair):
+    """A self-built pair that is built in the run (not unpacked from dwakd/assets)."""
+    return not is_hub(pair) and (bool(config.get("rebuild_models")) or not config["pairs"][pair].get("shipped"))
+
+
+HUB_SFT_TEACHERS = sorted({TEACHER_OF[p] for p in PAIRS if is_hub(p) and config["pairs"][p]["teacher"].get("sft")})
+# training jobs: `dwakd train`, or the same module under the profile's launcher (accelerate launch ...)
+TRAIN_CMD = f"{PROFILE['launcher']} -m dwakd.cli" if PROFILE.get("launcher") else "dwakd"
 ENV = "../envs/dwakd.yaml"
 # threads of each model job (train, eval, generate, ...): all of --cores unless the profile says fewer, so
 # that small models' jobs (whose time is mostly start-up) run side by side
@@ -95,12 +135,12 @@ def run_method(run):
 def train_file(w):
     """The training JSONL of a run: the teacher's generations for SeqKD, else the gold training data."""
     if run_method(w.run) in TEACHER_DATA_METHODS:
-        return rules.generate.output
+        return GENERATED.format(teacher=TEACHER_OF[pair_of(w)])
     return rules.data.output.train
 
 
 def run_vocab_map(w):
-    return rules.vocab_map.output if run_method(w.run) in VOCAB_MAP_METHODS else []
+    return VOCAB_MAP.format(vmap=VMAP_OF[pair_of(w)]) if run_method(w.run) in VOCAB_MAP_METHODS else []
 
 
 def vocab_map_arg(w, input):
@@ -114,26 +154,58 @@ def ancient_of(files):
     return ancient([str(f) for f in files])
 
 
-def _shipped_sums():
-    """The shipped pair's checksums: their content changes when new models are shipped under the same name."""
-    if REBUILD:
+def shipped_sums(pair):
+    """A shipped pair's checksums: their content changes when new models are shipped under the same name."""
+    if is_hub(pair) or rebuilds(pair):
         return None
-    sums = Path(workflow.basedir) / "dwakd" / "assets" / PAIR["shipped"] / "SHA256SUMS"
+    sums = Path(workflow.basedir) / "dwakd" / "assets" / config["pairs"][pair]["shipped"] / "SHA256SUMS"
     return sums.read_text() if sums.exists() else None
 
 
-SHIPPED_SUMS = _shipped_sums()
-# what the teacher (and its tokenizer) depends on: the shipped files, or the settings that build it
-TEACHER_KEY = (
-    SHIPPED_SUMS
-    if not REBUILD
-    else [
-        PAIR["teacher"],
-        PAIR.get("tokenizers"),
-        PAIR.get("build", {}).get("teacher_pretrain"),
-        PAIR.get("build", {}).get("teacher_sft"),
-    ]
-)
+def teacher_key(pair):
+    """What a pair's teacher (and its tokenizer) depends on: the shipped files, the settings that build it, or
+    the published model and its fine-tuning settings."""
+    spec = config["pairs"][pair]
+    if is_hub(pair):
+        return spec["teacher"]
+    if not rebuilds(pair):
+        return shipped_sums(pair)
+    b = spec.get("build", {})
+    return [spec["teacher"], spec.get("tokenizers"), b.get("teacher_pretrain"), b.get("teacher_sft")]
+
+
+def models_input(w):
+    """The `models` rule's inputs: the built teacher and student (self-built pairs built in the run), the
+    fine-tuned published teacher (hub pairs whose teacher has `sft`), else nothing."""
+    pair = pair_of(w)
+    if is_hub(pair):
+        t = TEACHER_OF[pair]
+        return {"teacher": f"{R}/teachers/{t}/model"} if t in HUB_SFT_TEACHERS else {}
+    if rebuilds(pair):
+        return {"teacher": f"{pdir(pair)}/build/teacher_sft/model", "student": f"{pdir(pair)}/build/student_pretrain/model"}
+    return {}
+
+
+def models_args(w, input):
+    return " ".join(f"--{k} {v}" for k, v in input.items())
+
+
+def job_teacher(w):
+    """The teacher of a job: its `teacher` wildcard, or the only pair's teacher."""
+    return w.get("teacher", TEACHER_OF[PAIRS[0]])
+
+
+def teacher_models(w):
+    """The models folder of the first pair with this job's teacher (the teacher is the same in all of them)."""
+    return f"{pdir(first_pair(TEACHER_OF, job_teacher(w)))}/models"
+
+
+def generate_models(w):
+    return ancient_of(teacher_models(w))
+
+
+def vocab_map_models(w):
+    return f"{pdir(first_pair(VMAP_OF, w.get('vmap', VMAP_OF[PAIRS[0]])))}/models"
 
 
 def eval_model_input(w):
@@ -142,7 +214,7 @@ def eval_model_input(w):
         return []
     if w.model == "teacher":
         return rules.models.output
-    return f"{R}/runs/{w.model}/model"
+    return f"{P}/runs/{w.model}/model"
 
 
 def eval_model_arg(w, input):

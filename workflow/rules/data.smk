@@ -34,19 +34,3 @@ rule data_unni:
         ENV
     shell:
         "dwakd data --config {params.cfg} --only unni --out {params.out} --cache {params.cache} > {log} 2>&1"
-
-
-rule tokenizers:
-    output:
-        directory(f"{R}/tokenizers"),
-    params:
-        cfg=CFG,
-        key=digest(PAIR.get("tokenizers")),
-    log:
-        f"{R}/logs/tokenizers.log",
-    benchmark:
-        f"{R}/benchmarks/tokenizers.tsv"
-    conda:
-        ENV
-    shell:
-        "dwakd tokenizers --config {params.cfg} --out {output} > {log} 2>&1"

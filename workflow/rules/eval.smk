@@ -3,7 +3,7 @@ rule eval:
         model=eval_model_input,
         data=expand(f"{R}/data/{{s}}.jsonl", s=EVAL_SETS),
     output:
-        expand(f"{R}/eval/{{{{model}}}}/{{s}}.json", s=EVAL_SETS),
+        expand(f"{P}/eval/{{{{model}}}}/{{s}}.json", s=EVAL_SETS, allow_missing=True),
     params:
         cfg=CFG,
         key=digest(PROFILE["eval"]),
@@ -12,11 +12,52 @@ rule eval:
     resources:
         gpu=1,
     log:
-        f"{R}/logs/eval/{{model}}.log",
+        f"{P}/logs/eval/{{model}}.log",
     benchmark:
-        f"{R}/benchmarks/eval/{{model}}.tsv"
+        f"{P}/benchmarks/eval/{{model}}.tsv"
     conda:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} dwakd eval --config {params.cfg} --model {params.model} "
         "--data {input.data} --out {output} > {log} 2>&1"
+
+
+if MULTI:
+    # Pairs with the same teacher share its evaluation: computed once under R/teachers/<teacher>/eval and copied
+    # into each pair's eval folder, where the tables read it.
+    ruleorder: teacher_eval_copy > eval
+
+    rule teacher_eval:
+        input:
+            models=teacher_models,
+            data=expand(f"{R}/data/{{s}}.jsonl", s=EVAL_SETS),
+        output:
+            expand(f"{R}/teachers/{{{{teacher}}}}/eval/{{s}}.json", s=EVAL_SETS),
+        params:
+            cfg=CFG,
+            key=lambda w: digest(PROFILE["eval"], teacher_key(first_pair(TEACHER_OF, w.teacher))),
+            model=lambda w, input: f"{input.models}/teacher",
+        threads: JOB_THREADS
+        resources:
+            gpu=1,
+        log:
+            f"{R}/logs/eval/teacher_{{teacher}}.log",
+        benchmark:
+            f"{R}/benchmarks/eval/teacher_{{teacher}}.tsv"
+        conda:
+            ENV
+        shell:
+            "OMP_NUM_THREADS={threads} dwakd eval --config {params.cfg} --model {params.model} "
+            "--data {input.data} --out {output} > {log} 2>&1"
+
+    rule teacher_eval_copy:
+        input:
+            lambda w: f"{R}/teachers/{TEACHER_OF[w.pair]}/eval/{w.s}.json",
+        output:
+            f"{P}/eval/teacher/{{s}}.json",
+        log:
+            f"{P}/logs/eval/teacher_copy_{{s}}.log",
+        conda:
+            ENV
+        shell:
+            "cp {input} {output} 2> {log}"

@@ -21,13 +21,14 @@ rule attention:
     input:
         models=rules.models.output,
         data=f"{R}/data/{FIG_SET}.jsonl",
-        runs=expand(f"{R}/runs/{{run}}/model", run=FIG_RUNS),
+        runs=expand(f"{P}/runs/{{run}}/model", run=FIG_RUNS, allow_missing=True),
     output:
-        attention=f"{R}/tables/attention.csv",
-        band=f"{R}/tables/attention_band.csv",
-        probe=multiext(f"{R}/tables/alignment_probe", ".csv", ".md", ".tex"),
+        attention=f"{P}/tables/attention.csv",
+        band=f"{P}/tables/attention_band.csv",
+        probe=multiext(f"{P}/tables/alignment_probe", ".csv", ".md", ".tex"),
     params:
         cfg=CFG,
+        pair=pair_of,
         key=digest(FIGURES, {r: config["methods"][r] for r in FIG_RUNS}, PROFILE["train"]),
         runs=lambda w, input: parent(input.runs[0], 2) if input.runs else "runs",
         data=lambda w, input: parent(input.data),
@@ -36,34 +37,34 @@ rule attention:
     resources:
         gpu=1,
     log:
-        f"{R}/logs/attention.log",
+        f"{P}/logs/attention.log",
     benchmark:
-        f"{R}/benchmarks/attention.tsv"
+        f"{P}/benchmarks/attention.tsv"
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} dwakd attention --config {params.cfg} --models {input.models} "
+        "OMP_NUM_THREADS={threads} dwakd attention --config {params.cfg} --pair {params.pair} --models {input.models} "
         "--runs {params.runs} --data {params.data} --out {params.out} > {log} 2>&1"
 
 
 rule figures:
     input:
-        main=f"{R}/tables/main.csv",
+        main=f"{P}/tables/main.csv",
         attention=rules.attention.output.attention,
         band=rules.attention.output.band,
-        probe=f"{R}/tables/alignment_probe.csv",
-        curves=f"{R}/tables/train_curves.csv",  # the efficiency rule (workflow/rules/report.smk)
+        probe=f"{P}/tables/alignment_probe.csv",
+        curves=f"{P}/tables/train_curves.csv",  # the efficiency rule (workflow/rules/report.smk)
     output:
         [report(f, caption=figure_caption(f), category="Figures") if f.endswith(".png") else f
-         for f in expand(f"{R}/figures/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=["png", "pdf"])],
+         for f in expand(f"{P}/figures/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=["png", "pdf"], allow_missing=True)],
     params:
         tables=lambda w, input: parent(input.main),
         out=lambda w, output: parent(output[0]),
         n=FIG_SAMPLES,
     log:
-        f"{R}/logs/figures.log",
+        f"{P}/logs/figures.log",
     benchmark:
-        f"{R}/benchmarks/figures.tsv"
+        f"{P}/benchmarks/figures.tsv"
     conda:
         ENV
     shell:

@@ -1,123 +1,165 @@
-# The pair in use, as R/models/{teacher,student_base}: unpacked from the shipped assets with their tokenizers
-# (default), or rebuilt from scratch with `--config rebuild_models=true` (train the two tokenizers, pre-train
-# the student, pre-train the teacher, fine-tune the teacher).
+# The models of each pair, as P/models/{teacher,student_base}:
+#   self-built, shipped (default)  unpacked from dwakd/assets with their tokenizers (rule models)
+#   self-built, in the run         `--config rebuild_models=true` or `shipped: null`: train the two tokenizers,
+#                                  pre-train the student, pre-train and fine-tune the teacher
+#   published (hf_id / path)       downloaded once into the Hugging Face cache and linked; a teacher with `sft`
+#                                  is first fine-tuned on Dolly train under R/teachers/<name> (rule hub_teacher_sft),
+#                                  once for all the pairs that share it
 
 TRAIN_ALL = f"{R}/build/train_all.jsonl"
+BUILT = [p for p in PAIRS if rebuilds(p)]
 
-if REBUILD:
 
-    rule build_data:
+rule build_data:
+    output:
+        TRAIN_ALL,
+    params:
+        cfg=CFG,
+    log:
+        f"{R}/logs/build_data.log",
+    benchmark:
+        f"{R}/benchmarks/build_data.tsv"
+    conda:
+        ENV
+    shell:
+        "dwakd data --config {params.cfg} --only train_all --out {output} > {log} 2>&1"
+
+
+if BUILT:
+
+    rule tokenizers:
         output:
-            TRAIN_ALL,
+            directory(f"{P}/tokenizers"),
         params:
             cfg=CFG,
+            pair=pair_of,
+            key=lambda w: digest(config["pairs"][pair_of(w)].get("tokenizers")),
         log:
-            f"{R}/logs/build_data.log",
+            f"{P}/logs/tokenizers.log",
         benchmark:
-            f"{R}/benchmarks/build_data.tsv"
+            f"{P}/benchmarks/tokenizers.tsv"
         conda:
             ENV
         shell:
-            "dwakd data --config {params.cfg} --only train_all --out {output} > {log} 2>&1"
+            "dwakd tokenizers --config {params.cfg} --pair {params.pair} --out {output} > {log} 2>&1"
 
     rule pretrain:
         input:
             data=rules.build_data.output,
             tokenizers=rules.tokenizers.output,
         output:
-            directory(f"{R}/build/{{role}}_pretrain/model"),
+            directory(f"{P}/build/{{role}}_pretrain/model"),
         wildcard_constraints:
             role="teacher|student",
         params:
             cfg=CFG,
-            key=lambda w: digest(PAIR[w.role], PAIR.get("build", {}).get(f"{w.role}_pretrain")),
+            pair=pair_of,
+            key=lambda w: digest(config["pairs"][pair_of(w)][w.role],
+                                 config["pairs"][pair_of(w)].get("build", {}).get(f"{w.role}_pretrain")),
             out=lambda w, output: parent(output[0]),
         threads: JOB_THREADS
         resources:
             gpu=1,
         log:
-            f"{R}/logs/pretrain_{{role}}.log",
+            f"{P}/logs/pretrain_{{role}}.log",
         benchmark:
-            f"{R}/benchmarks/pretrain_{{role}}.tsv"
+            f"{P}/benchmarks/pretrain_{{role}}.tsv"
         conda:
             ENV
         shell:
-            "OMP_NUM_THREADS={threads} dwakd pretrain --config {params.cfg} --role {wildcards.role} "
+            "OMP_NUM_THREADS={threads} dwakd pretrain --config {params.cfg} --pair {params.pair} --role {wildcards.role} "
             "--data {input.data} --tokenizers {input.tokenizers} --out {params.out} --resume > {log} 2>&1"
 
     rule teacher_sft:
         input:
             data=rules.build_data.output,
-            init=f"{R}/build/teacher_pretrain/model",
+            init=f"{P}/build/teacher_pretrain/model",
         output:
-            directory(f"{R}/build/teacher_sft/model"),
+            directory(f"{P}/build/teacher_sft/model"),
         params:
             cfg=CFG,
-            key=digest(PAIR.get("build", {}).get("teacher_sft")),
+            pair=pair_of,
+            key=lambda w: digest(config["pairs"][pair_of(w)].get("build", {}).get("teacher_sft")),
             out=lambda w, output: parent(output[0]),
         threads: JOB_THREADS
         resources:
             gpu=1,
         log:
-            f"{R}/logs/teacher_sft.log",
+            f"{P}/logs/teacher_sft.log",
         benchmark:
-            f"{R}/benchmarks/teacher_sft.tsv"
+            f"{P}/benchmarks/teacher_sft.tsv"
         conda:
             ENV
         shell:
-            "OMP_NUM_THREADS={threads} dwakd pretrain --config {params.cfg} --role teacher_sft "
+            "OMP_NUM_THREADS={threads} dwakd pretrain --config {params.cfg} --pair {params.pair} --role teacher_sft "
             "--data {input.data} --init {input.init} --out {params.out} --resume > {log} 2>&1"
-
-    rule models:
-        input:
-            teacher=rules.teacher_sft.output,
-            student=f"{R}/build/student_pretrain/model",
-        output:
-            directory(f"{R}/models"),
-        params:
-            cfg=CFG,
-        log:
-            f"{R}/logs/models.log",
-        benchmark:
-            f"{R}/benchmarks/models.tsv"
-        conda:
-            ENV
-        shell:
-            "dwakd models --config {params.cfg} --teacher {input.teacher} "
-            "--student {input.student} --out {output} > {log} 2>&1"
 
     rule ship:
         # Maintainers: `snakemake --cores all --config rebuild_models=true -- ship`, then replace
         # dwakd/assets/<pair> with the folder it writes (bf16 weights, tokenizers, card, SHA256SUMS).
         input:
-            rules.models.output,
+            f"{P}/models",
         output:
-            directory(f"{R}/build/shipped_{PAIR_NAME}"),
+            directory(f"{P}/build/shipped"),
         params:
             cfg=CFG,
+            pair=pair_of,
         log:
-            f"{R}/logs/ship.log",
+            f"{P}/logs/ship.log",
         benchmark:
-            f"{R}/benchmarks/ship.tsv"
+            f"{P}/benchmarks/ship.tsv"
         conda:
             ENV
         shell:
-            "dwakd ship --config {params.cfg} --teacher {input}/teacher --student {input}/student_base "
-            "--dest {output} > {log} 2>&1"
+            "dwakd ship --config {params.cfg} --pair {params.pair} --teacher {input}/teacher "
+            "--student {input}/student_base --dest {output} > {log} 2>&1"
 
-else:
 
-    rule models:
+if HUB_SFT_TEACHERS:
+
+    rule hub_teacher_sft:
+        # A published teacher fine-tuned on Dolly train (SFT), once for every pair that names this teacher.
+        input:
+            data=rules.data.output.train,
+            dev=rules.data.output.dev,
         output:
-            directory(f"{R}/models"),
+            directory(f"{R}/teachers/{{teacher}}/model"),
         params:
             cfg=CFG,
-            key=digest(PAIR.get("shipped"), SHIPPED_SUMS),
+            pair=lambda w: first_pair(TEACHER_OF, w.teacher),
+            key=lambda w: digest(config["pairs"][first_pair(TEACHER_OF, w.teacher)]["teacher"]),
+            out=lambda w, output: parent(output[0]),
+            train_cmd=TRAIN_CMD,
+        threads: JOB_THREADS
+        resources:
+            gpu=1,
         log:
-            f"{R}/logs/models.log",
+            f"{R}/logs/teacher_sft/{{teacher}}.log",
         benchmark:
-            f"{R}/benchmarks/models.tsv"
+            f"{R}/benchmarks/teacher_sft/{{teacher}}.tsv"
         conda:
             ENV
         shell:
-            "dwakd models --config {params.cfg} --out {output} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} {params.train_cmd} pretrain --config {params.cfg} --pair {params.pair} "
+            "--role teacher_sft --data {input.data} --dev {input.dev} --out {params.out} --resume > {log} 2>&1"
+
+
+rule models:
+    input:
+        unpack(models_input),
+    output:
+        directory(f"{P}/models"),
+    params:
+        cfg=CFG,
+        pair=pair_of,
+        key=lambda w: digest(config["pairs"][pair_of(w)].get("shipped"), shipped_sums(pair_of(w)),
+                             config["pairs"][pair_of(w)]["student"] if is_hub(pair_of(w)) else None),
+        args=models_args,
+    log:
+        f"{P}/logs/models.log",
+    benchmark:
+        f"{P}/benchmarks/models.tsv"
+    conda:
+        ENV
+    shell:
+        "dwakd models --config {params.cfg} --pair {params.pair} {params.args} --out {output} > {log} 2>&1"

@@ -1,7 +1,7 @@
-# Inputs of distillation runs that depend only on the pair (and the training prompts): computed once and
-# shared by every run that needs them.
-#   generate   the teacher's sampled responses to the training prompts (SeqKD's training data)
-#   vocab_map  MinED's teacher -> student vocabulary map
+# Inputs of distillation runs that depend only on the teacher or the tokenizers (and the training prompts):
+# computed once and shared by every run, and (profiles with several pairs) by every pair, that needs them.
+#   generate   the teacher's sampled responses to the training prompts (SeqKD's training data), per teacher
+#   vocab_map  MinED's teacher -> student vocabulary map, per (teacher, student tokenizer)
 
 
 rule generate:
@@ -9,26 +9,26 @@ rule generate:
         # `ancient`: the teacher's samples are expensive, so a rewritten but unchanged train file or model
         # folder (e.g. the data rule rerun for new eval settings) does not resample them; `key` holds what
         # their content depends on (generation settings, training prompts, the teacher).
-        models=ancient_of(rules.models.output),
+        models=generate_models,
         train=ancient_of(rules.data.output.train),
     output:
-        f"{R}/generated/teacher_train.jsonl",
+        GENERATED,
     params:
         cfg=CFG,
-        key=digest(
+        key=lambda w: digest(
             PROFILE.get("generate"),
             PROFILE.get("train_limit"),
             config["datasets"]["dolly_train"],
-            TEACHER_KEY,
+            teacher_key(first_pair(TEACHER_OF, job_teacher(w))),
         ),
         teacher=lambda w, input: f"{input.models}/teacher",
     threads: JOB_THREADS
     resources:
         gpu=1,
     log:
-        f"{R}/logs/generate.log",
+        f"{R}/logs/generate{TEACHER_PART}.log",
     benchmark:
-        f"{R}/benchmarks/generate.tsv"
+        f"{R}/benchmarks/generate{TEACHER_PART}.tsv"
     conda:
         ENV
     shell:
@@ -38,16 +38,16 @@ rule generate:
 
 rule vocab_map:
     input:
-        models=rules.models.output,
+        models=vocab_map_models,
     output:
-        f"{R}/vocab_maps/teacher_to_student.json",
+        VOCAB_MAP,
     params:
         cfg=CFG,
     threads: JOB_THREADS
     log:
-        f"{R}/logs/vocab_map.log",
+        f"{R}/logs/vocab_map{VMAP_PART}.log",
     benchmark:
-        f"{R}/benchmarks/vocab_map.tsv"
+        f"{R}/benchmarks/vocab_map{VMAP_PART}.tsv"
     conda:
         ENV
     shell:

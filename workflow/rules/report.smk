@@ -9,49 +9,50 @@ PUBLISHED = [] if not _PUB else [_PUB if os.path.isabs(_PUB) else str(Path(workf
 
 rule report:
     input:
-        evals=lambda w: expand(f"{R}/eval/{{model}}/{{s}}.json", model=table_models(w), s=EVAL_SETS),
+        evals=lambda w: expand(f"{pdir(pair_of(w))}/eval/{{model}}/{{s}}.json", model=table_models(w), s=EVAL_SETS),
         published=PUBLISHED,
     output:
-        md=f"{R}/tables/{{table}}.md",
-        csv=report(f"{R}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables",
+        md=f"{P}/tables/{{table}}.md",
+        csv=report(f"{P}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables",
                    labels={"table": "{table}"}),
-        tex=f"{R}/tables/{{table}}.tex",
+        tex=f"{P}/tables/{{table}}.tex",
     wildcard_constraints:
         table="|".join(TABLES),
     params:
         cfg=CFG,
-        key=digest(_REPORT, PAIR_NAME),
-        eval_dir=f"{R}/eval",
+        pair=pair_of,
+        key=digest(_REPORT),
+        eval_dir=f"{P}/eval",
         out=lambda w, output: parent(output.md),
         published=lambda w, input: f"--published {input.published}" if input.published else "",
     log:
-        f"{R}/logs/report/{{table}}.log",
+        f"{P}/logs/report/{{table}}.log",
     benchmark:
-        f"{R}/benchmarks/report/{{table}}.tsv"
+        f"{P}/benchmarks/report/{{table}}.tsv"
     conda:
         ENV
     shell:
-        "dwakd report --config {params.cfg} --eval-dir {params.eval_dir} --out {params.out} --table {wildcards.table} "
+        "dwakd report --config {params.cfg} --pair {params.pair} --eval-dir {params.eval_dir} --out {params.out} --table {wildcards.table} "
         "{params.published} > {log} 2>&1"
 
 
 rule significance:
     input:
-        expand(f"{R}/eval/{{model}}/{{s}}.json", model=["teacher", *RUNS], s=EVAL_SETS),
+        expand(f"{P}/eval/{{model}}/{{s}}.json", model=["teacher", *RUNS], s=EVAL_SETS, allow_missing=True),
     output:
-        md=f"{R}/tables/significance.md",
-        csv=report(f"{R}/tables/significance.csv", caption="../report/significance.rst", category="Tables",
+        md=f"{P}/tables/significance.md",
+        csv=report(f"{P}/tables/significance.csv", caption="../report/significance.rst", category="Tables",
                    labels={"table": "significance"}),
-        tex=f"{R}/tables/significance.tex",
+        tex=f"{P}/tables/significance.tex",
     params:
         cfg=CFG,
         key=digest(_REPORT.get("baselines"), _REPORT.get("bootstrap")),
         eval_dir=lambda w, input: parent(input[0], 2),
         out=lambda w, output: parent(output.md),
     log:
-        f"{R}/logs/report/significance.log",
+        f"{P}/logs/report/significance.log",
     benchmark:
-        f"{R}/benchmarks/report/significance.tsv"
+        f"{P}/benchmarks/report/significance.tsv"
     conda:
         ENV
     shell:
@@ -62,27 +63,28 @@ rule significance:
 # the train rule (Snakemake would delete them before a resumed run); the runs' model folders stand for them.
 rule efficiency:
     input:
-        models=expand(f"{R}/runs/{{run}}/model", run=RUNS),
+        models=expand(f"{P}/runs/{{run}}/model", run=RUNS, allow_missing=True),
         published=PUBLISHED,
     output:
-        md=f"{R}/tables/efficiency.md",
-        csv=report(f"{R}/tables/efficiency.csv", caption="../report/efficiency.rst", category="Tables",
+        md=f"{P}/tables/efficiency.md",
+        csv=report(f"{P}/tables/efficiency.csv", caption="../report/efficiency.rst", category="Tables",
                    labels={"table": "efficiency"}),
-        tex=f"{R}/tables/efficiency.tex",
-        curves=report(f"{R}/tables/train_curves.csv", caption="../report/curves.rst", category="Tables",
+        tex=f"{P}/tables/efficiency.tex",
+        curves=report(f"{P}/tables/train_curves.csv", caption="../report/curves.rst", category="Tables",
                       labels={"table": "training curves"}),
     params:
         cfg=CFG,
-        key=digest(_REPORT.get("published"), PAIR_NAME),
+        pair=pair_of,
+        key=digest(_REPORT.get("published")),
         runs_dir=lambda w, input: parent(input.models[0], 2),
         out=lambda w, output: parent(output.md),
         published=lambda w, input: f"--published {input.published}" if input.published else "",
     log:
-        f"{R}/logs/report/efficiency.log",
+        f"{P}/logs/report/efficiency.log",
     benchmark:
-        f"{R}/benchmarks/report/efficiency.tsv"
+        f"{P}/benchmarks/report/efficiency.tsv"
     conda:
         ENV
     shell:
-        "dwakd efficiency --config {params.cfg} --runs-dir {params.runs_dir} --out {params.out} "
+        "dwakd efficiency --config {params.cfg} --pair {params.pair} --runs-dir {params.runs_dir} --out {params.out} "
         "{params.published} > {log} 2>&1"

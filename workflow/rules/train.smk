@@ -5,23 +5,26 @@ rule train:
         dev=rules.data.output.dev,
         vocab_map=run_vocab_map,  # MinED: rules.vocab_map.output; else nothing
     output:
-        directory(f"{R}/runs/{{run}}/model"),
+        directory(f"{P}/runs/{{run}}/model"),
     params:
         cfg=CFG,
-        key=lambda w: digest(config["methods"][w.run], PROFILE["train"], PROFILE.get("train_limit")),
+        pair=pair_of,
+        key=lambda w: digest(config["methods"][w.run], C.train_overrides(config, w.run, pair_of(w)),
+                             PROFILE.get("train_limit")),
         out=lambda w, output: parent(output[0]),
         data=lambda w, input: parent(input.dev),
         vocab_map=vocab_map_arg,
+        train_cmd=TRAIN_CMD,
     threads: JOB_THREADS
     resources:
         gpu=1,
     log:
-        f"{R}/logs/train/{{run}}.log",
+        f"{P}/logs/train/{{run}}.log",
     benchmark:
-        f"{R}/benchmarks/train/{{run}}.tsv"
+        f"{P}/benchmarks/train/{{run}}.tsv"
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} dwakd train --config {params.cfg} --run {wildcards.run} "
+        "OMP_NUM_THREADS={threads} {params.train_cmd} train --config {params.cfg} --pair {params.pair} --run {wildcards.run} "
         "--models {input.models} --data {params.data} --train-file {input.train} {params.vocab_map} "
         "--out {params.out} --resume > {log} 2>&1"
