@@ -17,6 +17,16 @@ from dwakd.tokenization import train_pair
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped without a CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def dolly_small() -> list[dict]:
     return load_jsonl(SHIPPED_DATA / "dolly_train.jsonl.gz")[:300]

@@ -431,7 +431,6 @@ def test_bf16_weights_train_on_cpu(zoo, train_records, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_lora_checkpointing(zoo, train_records, tmp_path):
     """On CUDA (bf16 autocast in the Trainer): bf16 LoRA student with checkpointing, bf16 teacher, DWA-KD."""
     settings = ModelSettings(dtype="bfloat16", gradient_checkpointing=True, lora=LORA)
