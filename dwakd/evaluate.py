@@ -46,6 +46,41 @@ class GenConfig:
     max_len: int = 0  # > 0: prompt + new tokens ≤ max_len (per batch: the longest prompt of the batch counts)
 
 
+def _prompt_ids(tokenizer, prompts: list[str], cfg: GenConfig) -> tuple[list[list[int]], list[list[int]]]:
+    """Each prompt's token ids (cut to ``max_prompt_len``) and the batches of prompt numbers: a fixed
+    (length-sorted) order cut into ``batch_size`` chunks."""
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"][: cfg.max_prompt_len] for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    return ids, [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+
+
+def _sample_chunk(model, tokenizer, ids: list[list[int]], chunk: list[int], cfg: GenConfig, device) -> list[str]:
+    """One batch of sampled responses (the prompts ``chunk`` of ``ids``, left-padded), with the current RNG."""
+    pad = tokenizer.pad_token_id
+    L = max(len(ids[i]) for i in chunk)
+    input_ids = torch.full((len(chunk), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(chunk), L), dtype=torch.long)
+    for b, i in enumerate(chunk):  # left padding
+        input_ids[b, L - len(ids[i]):] = torch.tensor(ids[i])
+        mask[b, L - len(ids[i]):] = 1
+    new_tokens = cfg.max_new_tokens if cfg.max_len <= 0 else min(cfg.max_new_tokens, cfg.max_len - L)
+    if new_tokens < 1:
+        raise ValueError(f"generate: a prompt of {L} tokens leaves no room below max_len={cfg.max_len}")
+    gen = model.generate(
+        input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size, max_new_tokens=new_tokens,
+        pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+    )
+    return [tokenizer.decode(gen[b, L:], skip_special_tokens=True).strip() for b in range(len(chunk))]
+
+
+def _seed_all(seed: int, device) -> None:
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], cfg: GenConfig, seed: int) -> list[str]:
     """Sample one response per prompt; batches are formed in a fixed (length-sorted) order so a seed
@@ -53,32 +88,38 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenConfig, seed: int) ->
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"][: cfg.max_prompt_len] for p in prompts]
-    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
-    pad = tokenizer.pad_token_id
+    ids, chunks = _prompt_ids(tokenizer, prompts, cfg)
     out: list[str] = [""] * len(ids)
-    torch.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.manual_seed_all(seed)
-    for s in range(0, len(order), cfg.batch_size):
-        chunk = order[s:s + cfg.batch_size]
-        L = max(len(ids[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), L), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), L), dtype=torch.long)
-        for b, i in enumerate(chunk):  # left padding
-            input_ids[b, L - len(ids[i]):] = torch.tensor(ids[i])
-            mask[b, L - len(ids[i]):] = 1
-        new_tokens = cfg.max_new_tokens if cfg.max_len <= 0 else min(cfg.max_new_tokens, cfg.max_len - L)
-        if new_tokens < 1:
-            raise ValueError(f"generate: a prompt of {L} tokens leaves no room below max_len={cfg.max_len}")
-        gen = model.generate(
-            input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
-            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-            no_repeat_ngram_size=cfg.no_repeat_ngram_size, max_new_tokens=new_tokens,
-            pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
-        )
-        for b, i in enumerate(chunk):
-            out[i] = tokenizer.decode(gen[b, L:], skip_special_tokens=True).strip()
+    _seed_all(seed, device)
+    for chunk in chunks:
+        for i, text in zip(chunk, _sample_chunk(model, tokenizer, ids, chunk, cfg, device)):
+            out[i] = text
+    model.train(was_training)
+    return out
+
+
+def chunk_seed(seed: int, k: int) -> int:
+    """The sampling seed of batch ``k`` in ``generate_shard``."""
+    return seed * 1_000_003 + k
+
+
+@torch.no_grad()
+def generate_shard(model, tokenizer, prompts: list[str], cfg: GenConfig, seed: int, rank: int = 0,
+                   world: int = 1) -> dict[int, str]:
+    """Process ``rank`` of ``world``'s share of the sampled responses: ``{prompt number: response}``.
+
+    The batches are ``generate``'s (length-sorted, ``batch_size``); batch ``k`` goes to process ``k % world``
+    and is sampled with the seed ``chunk_seed(seed, k)``, so every response is the same whatever ``world`` (the
+    union over the ranks of ``world`` processes equals the single-process result). It is not ``generate``'s
+    text for the same seed: ``generate`` draws every batch from one random stream started once."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ids, chunks = _prompt_ids(tokenizer, prompts, cfg)
+    out: dict[int, str] = {}
+    for k in range(rank, len(chunks), world):
+        _seed_all(chunk_seed(seed, k), device)
+        out.update(zip(chunks[k], _sample_chunk(model, tokenizer, ids, chunks[k], cfg, device)))
     model.train(was_training)
     return out
 

@@ -9,6 +9,7 @@ the same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -16,15 +17,18 @@ import os
 import random
 import resource
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from dwakd.atomic import atomic_dir, atomic_write_json, atomic_write_text, replace_dir, tmp_path
 from dwakd.data import encode_sample
 from dwakd.methods.base import ConfigError, Method
 from dwakd.models import forward
@@ -107,6 +111,18 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 # ------------------------------------------------------------------------------------ helpers
 
 
+def response_tokens(item: dict) -> int:
+    """The tokens of ``item`` its loss is summed over (the labels after the first position that are not -100):
+    what ``collate``'s ``labels[:, 1:] != -100`` counts for it in any batch."""
+    return sum(1 for t in item["labels"][1:] if t != -100)
+
+
+def micro_seed(seed: int, epoch: int, micro: int) -> int:
+    """The RNG seed of micro-batch ``micro`` of ``epoch`` (dropout, a method's sampling): a function of the run's
+    seed and the micro-batch only, never of the process that computes it or of the number of processes."""
+    return (seed * 1_000_003 + epoch) * 1_000_003 + micro
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -127,10 +143,68 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+FAULT_ENV = "DWAKD_TEST_FAULT"
+
+
+def _fault(point: str, step: int, partial: Path | None = None) -> None:
+    """Fault injection for tests/test_robustness.py; does nothing unless ``DWAKD_TEST_FAULT`` is set.
+
+    ``DWAKD_TEST_FAULT=<point>@<step>`` SIGKILLs this process when it reaches ``point`` ("checkpoint": inside
+    the checkpoint writer, ``state.pt`` half written in the temporary folder; "model": inside ``save_model``,
+    the student half written in the temporary folder; "step": right after the step's log line) at optimiser
+    step ``step``; ``partial`` is the file that is cut to half its size first. ``sleep@<seconds>`` sleeps
+    after every step's log line (so that a test can kill the run from outside at a moment of its choosing)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    what, _, arg = spec.partition("@")
+    if what == "sleep":
+        if point == "step":
+            time.sleep(float(arg))
+        return
+    if what == point and int(arg) == step:
+        if partial is not None and partial.exists():
+            os.truncate(partial, partial.stat().st_size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class TrainStep(nn.Module):
+    """The trained modules as one: the student and the method (its projectors, discriminator, ...), whose
+    ``forward`` is one micro-step (``Trainer.micro_step``: the frozen teacher's forward, the student's, the
+    method's loss). This module is what ``Accelerator.prepare`` wraps (DDP, FSDP, DeepSpeed): every trainable
+    parameter is used inside one forward of the wrapper, so DDP synchronises the method's parameters with the
+    student's, and FSDP keeps the student's top-level weights (embeddings, LM head, which the cross-tokenizer
+    methods read) gathered for the whole micro-step. The teacher is not a submodule: it is not wrapped, not
+    sharded, and every process holds all of it."""
+
+    def __init__(self, trainer: Trainer):
+        super().__init__()
+        self.student, self.method = trainer.student, trainer.method
+        # FSDP's transformer auto-wrap policy reads the layer classes to wrap from here (the student's blocks)
+        self._no_split_modules = list(getattr(trainer.student, "_no_split_modules", None) or [])
+        self._trainer = [trainer]  # a list: not a submodule
+
+    def forward(self, batch: dict):
+        return self._trainer[0].micro_step(batch)
+
+
+def process_state():
+    """accelerate's ``PartialState`` of this process (made on first use): one process for a plain command, one of
+    the processes started by ``accelerate launch`` / ``torchrun`` otherwise; ``ACCELERATE_USE_CPU=true`` keeps
+    them on the CPU (gloo), as ``Accelerator`` does. ``.device`` is where this process's models go."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def make_accelerator():
+    """The ``accelerate.Accelerator`` of this process: one process when started as a plain command, DDP (or
+    FSDP / DeepSpeed, from the config file) under ``accelerate launch`` / ``torchrun``."""
+    from accelerate import Accelerator
+
+    process_state()
+    return Accelerator()
 
 
 # ------------------------------------------------------------------------------------ trainer
@@ -139,10 +213,34 @@ def _atomic_json(obj, path: Path) -> None:
 class Trainer:
     """Trains ``student`` with ``method`` (and a frozen ``teacher`` if the method needs one).
 
-    Files under ``out_dir``: ``train_log.jsonl`` (one line per optimiser step and per evaluation),
-    ``checkpoints/step-N/`` (+ ``checkpoints/latest``), ``model/`` (the selected student with its tokenizer,
-    and ``method_state.pt``, the method's own parameters at that point, when it has any: ``load_method_state``),
-    ``selection.json``.
+    Files under ``out_dir`` (written by the main process only, each atomically: ``dwakd.atomic``):
+    ``train_log.jsonl`` (one line per optimiser step and per evaluation; appended, and cut back to the
+    checkpoint's line count on resume), ``checkpoints/<fingerprint>/step-N/`` (+ ``latest``, naming the last
+    complete one), ``model/`` (the selected student with its tokenizer, and ``method_state.pt``, the method's own
+    parameters at that point, when it has any: ``load_method_state``), ``selection.json``.
+
+    **Processes.** ``fit`` runs unchanged as one process and under ``accelerate launch --num_processes N``
+    (``torchrun``), with the same result up to floating-point summation order:
+
+    * a step's global batch is the same samples whatever N: the epoch order is a function of (seed, epoch), a
+      step takes the next ``grad_accum`` micro-batches of ``batch_size`` samples (``grad_accum`` counts the
+      micro-batches of a step over *all* processes), and process r computes micro-batches r, r + N, ... of
+      them (a process left without one, when a step has fewer than N micro-batches, runs the step's first
+      micro-batch with weight 0, so that it still joins the gradient all-reduce);
+    * normalisation: the method returns token sums; each micro-batch's sum is divided by the response tokens of
+      the whole global step. Every process holds the whole encoded set, so each counts that number itself for
+      all the step's micro-batches: it is the all-reduced sum of the per-process counts, without a collective.
+      DDP *averages* the gradients over the N processes, so each process back-propagates ``N · loss_sum /
+      tokens``: the average of N such gradients is ``Σ_micro-batches ∇loss_sum / tokens``, exactly the
+      one-process gradient with accumulation (×N and ÷N are exact in floating point for N a power of two).
+      The micro-batches of a process but its last run under ``no_sync``: one all-reduce per step;
+    * randomness: each micro-batch's forward runs after ``torch.manual_seed(micro_seed(seed, epoch, k))``, so
+      dropout (GPT-2/OPT students, CMA-GA's discriminator) does not depend on which process runs it;
+    * logged loss and terms are sums over the processes (all-reduced), the gradient norm is the norm of the
+      synchronised gradient; the non-finite checks use these global values, so every process stops at the
+      same step; only process 0 writes files, the others wait at barriers;
+    * dev-set selection (``make_dev_scorer``) scores a slice of the dev records on each process and sums over
+      the processes: every process gets the single-process number and takes the same decision.
     """
 
     def __init__(self, method: Method, student, teacher, student_tokenizer, teacher_tokenizer,
@@ -150,9 +248,11 @@ class Trainer:
         self.method, self.student, self.teacher = method, student, teacher
         self.stok, self.ttok = student_tokenizer, teacher_tokenizer
         self.cfg, self.out = cfg, Path(out_dir)
-        self.dev_scorer = dev_scorer  # callable(student) -> float, higher is better
+        self.dev_scorer = dev_scorer  # callable(student) -> float, higher is better; called on every process
         self.device = next(student.parameters()).device
         self.amp = self.device.type == "cuda"
+        self.acc = None  # the Accelerator, made by ``fit``
+        self._step = self._log_lines = 0  # the optimiser steps taken, the lines in the log (process 0)
         # checkpoints of a run live under a fingerprint of its settings: a changed config never resumes
         # from a stale checkpoint, and the older checkpoints are left where they are
         fp = json.dumps({"method": method.name, "method_cfg": asdict(method.cfg) if is_dataclass(method.cfg) else {},
@@ -198,49 +298,128 @@ class Trainer:
             s_out, t_out = self.forward(batch)
             return self.method.loss(batch, s_out, t_out)
 
+    # -- processes ----------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.acc is None or self.acc.is_main_process
+
+    def barrier(self) -> None:
+        if self.acc is not None:
+            self.acc.wait_for_everyone()
+
+    def _sharded(self) -> bool:
+        """FSDP or DeepSpeed: the student and its optimiser state are split over the processes."""
+        from accelerate.utils import DistributedType
+
+        return self.acc is not None and self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+    def _full_state_dicts(self) -> tuple[dict | None, dict]:
+        """``(student, method)`` state dicts to save: the modules' own ones, or under FSDP/DeepSpeed the full
+        ones gathered on process 0 (a collective: every process calls it)."""
+        if not self._sharded():
+            return None, self.method.state_dict()
+        full = self.acc.get_state_dict(self.model)
+        split = {"student.": {}, "method.": {}}
+        for k, v in (full or {}).items():
+            for prefix, d in split.items():
+                if k.startswith(prefix):
+                    d[k[len(prefix):]] = v
+        return split["student."], split["method."]
+
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
+        """``checkpoints/<fp>/step-N/state.pt`` written in a temporary folder and renamed into place, then
+        ``latest`` (atomically) names it; only then the older checkpoints are removed. A run killed at any
+        moment leaves ``latest`` naming a complete checkpoint (or no ``latest``)."""
         ck = self.ckpt_dir
         name = f"step-{state['step']}"
-        tmp = ck / (name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save({"student": self.student.state_dict(), "method": self.method.state_dict(),
-                    "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                    "rng": _rng_state(), "state": state}, tmp / "state.pt")
-        shutil.rmtree(ck / name, ignore_errors=True)
-        os.replace(tmp, ck / name)
-        latest_tmp = ck / "latest.tmp"
-        latest_tmp.write_text(name)
-        os.replace(latest_tmp, ck / "latest")
-        for old in ck.glob("step-*"):  # ``latest`` names a complete checkpoint, so the older ones can go
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+        saved = {**state, "log_lines": self._log_lines}
+        if self._sharded():  # every process writes its shard (accelerate's format) into the temporary folder
+            tmp = tmp_path(ck / name)
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            self.barrier()
+            self.acc.save_state(str(tmp / "accelerate"))
+            self.barrier()
+            if self.is_main:
+                torch.save({"scheduler": self.sched.state_dict(), "state": saved}, tmp / "state.pt")
+                replace_dir(tmp, ck / name)
+        elif self.is_main:
+            with atomic_dir(ck / name) as tmp:
+                torch.save({"student": self.student.state_dict(), "method": self.method.state_dict(),
+                            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                            "rng": _rng_state(), "state": saved}, tmp / "state.pt")
+                _fault("checkpoint", state["step"], tmp / "state.pt")
+        if self.is_main:
+            atomic_write_text(ck / "latest", name)
+            for old in ck.glob("step-*"):  # ``latest`` names a complete checkpoint, so the older ones can go
+                if old.name != name:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
 
     def load_checkpoint(self) -> dict | None:
+        """The state of the checkpoint ``latest`` names (every process loads it), or None."""
         latest = self.ckpt_dir / "latest"
         if not latest.exists():
             return None
-        ck = torch.load(self.ckpt_dir / latest.read_text().strip() / "state.pt", weights_only=False)
-        self.student.load_state_dict(ck["student"])
-        self.method.load_state_dict(ck["method"])
-        self.opt.load_state_dict(ck["optimizer"])
+        folder = self.ckpt_dir / latest.read_text().strip()
+        ck = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        if self._sharded():
+            self.acc.load_state(str(folder / "accelerate"))
+        else:
+            self.student.load_state_dict(ck["student"])
+            self.method.load_state_dict(ck["method"])
+            self.opt.load_state_dict(ck["optimizer"])
+            _set_rng_state(ck["rng"])
         self.sched.load_state_dict(ck["scheduler"])
-        _set_rng_state(ck["rng"])
         return ck["state"]
 
     def save_model(self, dest: Path) -> None:
         """The student with its tokenizer and, when the method has parameters of its own (projectors, a
-        discriminator), ``METHOD_STATE`` (``load_method_state`` reads it), written together into ``dest``."""
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.student.save_pretrained(tmp)
-        self.stok.save_pretrained(tmp)
-        save_method_state(self.method, tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        discriminator), ``METHOD_STATE`` (``load_method_state`` reads it), written together into ``dest``
+        (a temporary folder swapped into place). Called on every process; process 0 writes."""
+        student_sd, method_sd = self._full_state_dicts()
+        if self.is_main:
+            with atomic_dir(dest) as tmp:
+                self.student.save_pretrained(tmp, state_dict=student_sd)
+                self.stok.save_pretrained(tmp)
+                save_method_state(self.method, tmp, method_sd)
+                _fault("model", self._step, next(iter(tmp.glob("*.safetensors")), None))
+        self.barrier()
 
     # -- the loop -----------------------------------------------------------------------------
+    def _prepare(self, total: int) -> None:
+        """The Accelerator, the optimiser (AdamW; the method's parameters in a group at ``projector_lr``), the
+        schedule, and the wrapped ``TrainStep`` (``self.model``)."""
+        from accelerate.utils import DistributedType
+
+        cfg = self.cfg
+        acc = self.acc = make_accelerator()
+        if acc.distributed_type == DistributedType.DEEPSPEED:  # no dataloader to read these from; the loop
+            ds = acc.state.deepspeed_plugin.deepspeed_config  # marks the accumulation boundaries itself
+            ds.update(train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=1,
+                      train_batch_size=cfg.batch_size * acc.num_processes, gradient_clipping=cfg.max_grad_norm)
+        if self._sharded() and self.dev_scorer is not None and cfg.select_by != "last":
+            raise ConfigError(f"select_by: {cfg.select_by!r} scores the student on dev inside training, which needs "
+                              f"the whole student on every process; under {acc.distributed_type.value} use "
+                              f"select_by: last, or DDP (config/accelerate/ddp.yaml)")
+        if acc.num_processes > 1 and cfg.grad_accum % acc.num_processes and acc.is_main_process:
+            print(f"dwakd train: grad_accum={cfg.grad_accum} micro-batches per step are not a multiple of "
+                  f"{acc.num_processes} processes: some processes idle in every step", file=sys.stderr)
+        if self.teacher is not None and acc.mixed_precision == "bf16" and self.device.type == "cuda":
+            self.teacher.to(torch.bfloat16)  # frozen; under bf16 autocast its matmuls run in bf16 anyway
+        groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "lr": cfg.lr}]
+        mparams = [p for p in self.method.parameters() if p.requires_grad]
+        if mparams:
+            groups.append({"params": mparams, "lr": cfg.projector_lr})
+        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        # the schedule is not prepared: accelerate would step a prepared one once per process
+        self.sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+        # the caller put the models on their devices (cmd_train: this process's device); DeepSpeed places them
+        placement = None if acc.distributed_type == DistributedType.DEEPSPEED else [False, False]
+        self.model, self.opt = acc.prepare(TrainStep(self), opt, device_placement=placement)
+
     def fit(self, train_records: list[dict], resume: bool = False) -> dict:
         cfg = self.cfg
         if cfg.num_threads:
@@ -248,18 +427,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         items = self.make_items(train_records)
+        n_resp = [response_tokens(x) for x in items]
         n_micro = math.ceil(len(items) / cfg.batch_size)
         steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)
         total = steps_per_epoch * cfg.epochs
         if cfg.max_steps:
             total = min(total, cfg.max_steps)
-
-        groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "lr": cfg.lr}]
-        mparams = [p for p in self.method.parameters() if p.requires_grad]
-        if mparams:
-            groups.append({"params": mparams, "lr": cfg.projector_lr})
-        self.opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        self.sched = get_cosine_schedule_with_warmup(self.opt, int(cfg.warmup_ratio * total), total)
+        self._prepare(total)
+        acc = self.acc
 
         self.out.mkdir(parents=True, exist_ok=True)
         log_path = self.out / "train_log.jsonl"
@@ -271,57 +446,43 @@ class Trainer:
         elif (self.ckpt_dir / "latest").exists():
             raise FileExistsError(f"{self.ckpt_dir}: holds checkpoints of an interrupted run; pass --resume to "
                                   f"continue it, or remove the folder to start again")
-        # the log keeps exactly the lines up to the restored step
-        kept = []
-        if log_path.exists():
-            kept = [ln for ln in log_path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= state["step"]]
-        log_path.write_text("".join(ln + "\n" for ln in kept))
-        log = open(log_path, "a")
+        self._step = state["step"]
+        log = self._open_log(log_path, state)
 
         self.student.train()
+        self.method.train()
         if self.teacher is not None:
             self.teacher.eval()
-        bar = tqdm(total=total, initial=state["step"], disable=not cfg.progress, file=sys.stderr,
+        bar = tqdm(total=total, initial=state["step"], disable=not (cfg.progress and self.is_main), file=sys.stderr,
                    mininterval=5, desc=f"train {self.method.name}")
         done = state["step"] >= total
         while not done and state["epoch"] < cfg.epochs:
             order = epoch_order(len(items), cfg.seed, state["epoch"])
             micro_batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             while state["micro"] < len(micro_batches):
-                group = micro_batches[state["micro"]:state["micro"] + cfg.grad_accum]
                 t0 = time.perf_counter()
-                batches = [self.batch([items[i] for i in mb]) for mb in group]
-                n_tok = sum(int((b["student"]["labels"][:, 1:] != -100).sum()) for b in batches)
-                denom = max(n_tok, 1)
+                group = micro_batches[state["micro"]:state["micro"] + cfg.grad_accum]
+                n_tok = sum(n_resp[i] for mb in group for i in mb)  # the whole global step's response tokens
                 self.method.on_step(state["step"] / max(total, 1))
-                terms: dict[str, float] = {}
-                loss_total = 0.0
-                for b in batches:
-                    loss_sum, logs = self.micro_step(b)
-                    (loss_sum / denom).backward()
-                    loss_total += float(loss_sum.detach()) / denom
-                    for k, v in logs.items():
-                        terms[k] = terms.get(k, 0.0) + float(v) / denom
-                if not math.isfinite(loss_total):
-                    raise FloatingPointError(
-                        f"non-finite loss {loss_total} at step {state['step'] + 1} (terms {terms}, batch ids "
-                        f"{[int(i) for b in batches for i in b['index']]}); the last good checkpoint is kept")
+                loss_total, terms = self.accumulate(items, group, state, max(n_tok, 1))
                 params = [p for g in self.opt.param_groups for p in g["params"]]
-                gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                gnorm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                gnorm = float("nan") if gnorm is None else float(gnorm)
+                if not math.isfinite(gnorm):
+                    self._stop(f"non-finite gradient norm {gnorm} (loss {loss_total})", state, terms, items, group)
                 lr = self.sched.get_last_lr()[0]
                 self.opt.step()
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
                 state["step"] += 1
                 state["micro"] += len(group)
+                self._step = state["step"]
                 dt = time.perf_counter() - t0
-                n_in = sum(int(b["student"]["attention_mask"].sum()) for b in batches)
-                rec = {"step": state["step"], "epoch": state["epoch"], "loss": loss_total, **terms, "lr": lr,
-                       "grad_norm": gnorm, "tokens": n_tok, "step_time_s": dt, "tokens_per_s": n_in / dt,
-                       "peak_mem_mb": peak_memory_mb(self.device)}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
+                n_in = sum(len(items[i]["input_ids"]) for mb in group for i in mb)
+                self._log(log, {"step": state["step"], "epoch": state["epoch"], "loss": loss_total, **terms, "lr": lr,
+                                "grad_norm": gnorm, "tokens": n_tok, "step_time_s": dt, "tokens_per_s": n_in / dt,
+                                "peak_mem_mb": peak_memory_mb(self.device)})
+                _fault("step", state["step"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_total:.3f}")
                 if state["step"] >= total:
@@ -332,10 +493,72 @@ class Trainer:
             if state["micro"] >= len(micro_batches) or done:
                 self.end_epoch(state, log)
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         # a finished run is not resumed: its checkpoints have served their purpose
-        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        self.barrier()
+        if self.is_main:
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        self.barrier()
         return state
+
+    def accumulate(self, items: list[dict], group: list[list[int]], state: dict, denom: int
+                   ) -> tuple[float, dict[str, float]]:
+        """Forward and backward of this process's micro-batches of the step ``group`` (see the class docstring);
+        returns the step's loss and terms per response token, summed over all processes."""
+        acc, world, rank = self.acc, self.acc.num_processes, self.acc.process_index
+        # (micro-batch number within the step, weight): a process without one runs the first with weight 0
+        jobs = [(k, 1.0) for k in range(rank, len(group), world)] or [(0, 0.0)]
+        loss_local, terms_local = 0.0, {}
+        for j, (k, w) in enumerate(jobs):
+            last = j == len(jobs) - 1
+            batch = self.batch([items[i] for i in group[k]])
+            torch.manual_seed(micro_seed(self.cfg.seed, state["epoch"], state["micro"] + k))
+            acc.sync_gradients = last  # DeepSpeed: the accumulation boundary; DDP: no_sync below
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                loss_sum, logs = self.model(batch)
+                loss_local += w * float(loss_sum.detach()) / denom
+                for key, v in logs.items():
+                    terms_local[key] = terms_local.get(key, 0.0) + w * float(v) / denom
+                if last:  # before the gradient all-reduce: a non-finite loss stops every process here
+                    keys = sorted(terms_local)
+                    total = reduce_sum([loss_local, *(terms_local[key] for key in keys)], acc.device)
+                    loss_total, terms = total[0], dict(zip(keys, total[1:]))
+                    if not math.isfinite(loss_total):
+                        self._stop(f"non-finite loss {loss_total}", state, terms, items, group)
+                acc.backward(loss_sum * (w * world / denom))
+        return loss_total, terms
+
+    def _stop(self, what: str, state: dict, terms: dict, items: list[dict], group: list[list[int]]) -> None:
+        latest = self.ckpt_dir / "latest"
+        kept = (f"the last good checkpoint, {self.ckpt_dir / latest.read_text().strip()}, is kept: rerun with "
+                f"--resume to continue from it" if latest.exists() else "no checkpoint was written yet")
+        raise FloatingPointError(f"{what} at step {state['step'] + 1} (terms {terms}, batch ids "
+                                 f"{[int(items[i]['index']) for mb in group for i in mb]}); {kept}")
+
+    # -- the log ------------------------------------------------------------------------------
+    def _open_log(self, log_path: Path, state: dict):
+        """Process 0: the log cut back to the lines the restored checkpoint had seen (all of a fresh run's
+        are dropped), then opened for appending. Other processes: None."""
+        if not self.is_main:
+            self._log_lines = 0
+            return None
+        kept = []
+        if log_path.exists() and state["step"] > 0:
+            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+            if "log_lines" in state:
+                kept = lines[:state["log_lines"]]
+            else:  # a checkpoint written before ``log_lines``: the lines up to its step
+                kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= state["step"]]
+        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
+        self._log_lines = len(kept)
+        return open(log_path, "a")
+
+    def _log(self, log, rec: dict) -> None:
+        if log is not None:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            self._log_lines += 1
 
     def end_epoch(self, state: dict, log) -> None:
         """Score the epoch on dev, keep the best model, checkpoint, advance the epoch counter."""
@@ -344,8 +567,7 @@ class Trainer:
         _set_rng_state(rng)
         self.student.train()
         entry = {"step": state["step"], "epoch": state["epoch"], "dev_" + self.cfg.select_by: score}
-        log.write(json.dumps(entry) + "\n")
-        log.flush()
+        self._log(log, entry)
         state["history"].append(entry)
         if score is None or state["best"] is None or score > state["best"]:
             state["best"], state["best_epoch"] = score, state["epoch"]
@@ -353,8 +575,56 @@ class Trainer:
         state["epoch"] += 1
         state["micro"] = 0
         self.save_checkpoint(state)
-        _atomic_json({"select_by": self.cfg.select_by, "best_epoch": state["best_epoch"], "best": state["best"],
-                      "history": state["history"]}, self.out / "selection.json")
+        if self.is_main:
+            atomic_write_json(self.out / "selection.json", {"select_by": self.cfg.select_by,
+                                                            "best_epoch": state["best_epoch"], "best": state["best"],
+                                                            "history": state["history"]})
+        self.barrier()
+
+
+def reduce_sum(values: list[float], device) -> list[float]:
+    """``values`` summed over the processes (float64; every process gets the sums). One process: unchanged."""
+    from accelerate.utils import reduce
+
+    if process_state().num_processes == 1:
+        return [float(v) for v in values]
+    return reduce(torch.tensor(values, dtype=torch.float64, device=device), reduction="sum").tolist()
+
+
+# ------------------------------------------------------------------------------ dev selection
+
+
+def make_dev_scorer(dev: list[dict], tokenizer, tcfg: TrainConfig):
+    """Dev-set score for checkpoint selection, ``score(model) -> float`` (higher is better): ROUGE-L of one
+    sampled response per record (``select_by: rougeL``) or minus the response bits per byte (``loss``).
+
+    Every process calls ``score`` (``Trainer.end_epoch`` does) and gets the same number: process r of N
+    scores its share — the generation batches r, r + N, ... (``evaluate.generate_shard``: batch k sampled with
+    its own seed, so each response does not depend on N), or the records r, r + N, ... for bits per byte — and
+    the sums (ROUGE-L, or NLL and bytes) are all-reduced, so the score is the single-process one."""
+    from dwakd.evaluate import GenConfig, generate_shard, response_nll_bytes, rouge_l
+
+    dev = dev[: tcfg.dev_limit] if tcfg.dev_limit else dev
+
+    def score(model) -> float:
+        st = process_state()
+        rank, world = st.process_index, st.num_processes
+        if tcfg.select_by == "loss":
+            was_training = model.training
+            model.eval()
+            nats, nbytes = 0.0, 0
+            for r in dev[rank::world]:
+                n, b = response_nll_bytes(model, tokenizer, r["prompt"], r["output"][0], tcfg.max_prompt_len)
+                nats, nbytes = nats + n, nbytes + b
+            model.train(was_training)
+            nats, nbytes = reduce_sum([nats, nbytes], st.device)
+            return -nats / (math.log(2) * max(nbytes, 1))
+        g = GenConfig(max_new_tokens=tcfg.dev_max_new_tokens, max_prompt_len=tcfg.max_prompt_len, seeds=[10])
+        preds = generate_shard(model, tokenizer, [r["prompt"] for r in dev], g, seed=10, rank=rank, world=world)
+        (total,) = reduce_sum([sum(rouge_l(p, dev[i]["output"]) for i, p in preds.items())], st.device)
+        return total / len(dev)
+
+    return score
 
 
 def train_config_dict(cfg: TrainConfig) -> dict:
@@ -367,10 +637,11 @@ def train_config_dict(cfg: TrainConfig) -> dict:
 METHOD_STATE = "method_state.pt"  # in a saved model folder: the method's own trained parameters
 
 
-def save_method_state(method: Method, model_dir: Path) -> Path | None:
-    """Write ``model_dir/METHOD_STATE`` (method name, config, ``state_dict``) if the method has any state;
-    the file holds tensors, strings and numbers only, so it loads with ``torch.load(weights_only=True)``."""
-    state = method.state_dict()
+def save_method_state(method: Method, model_dir: Path, state: dict | None = None) -> Path | None:
+    """Write ``model_dir/METHOD_STATE`` (method name, config, ``state_dict`` — or ``state``, e.g. gathered from
+    the processes) if the method has any state; the file holds tensors, strings and numbers only, so it loads
+    with ``torch.load(weights_only=True)``."""
+    state = method.state_dict() if state is None else state
     if not state:
         return None
     cfg = asdict(method.cfg) if is_dataclass(method.cfg) else {}
