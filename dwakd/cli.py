@@ -318,7 +318,7 @@ def cmd_generate(args) -> None:
     _threads(C.profile(cfg)["train"].get("num_threads", 0))
     records = load_jsonl(args.data)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model).to(device)
+    model = load_model(args.model, dtype=args.dtype).to(device)
     tokenizer = load_tokenizer(args.model)
     out = Path(args.out)
     stats = generate_dataset(model, tokenizer, records, gcfg, out, fingerprint(args.model, records, gcfg),
@@ -370,7 +370,7 @@ def cmd_eval(args) -> None:
     model = tok = None
     if args.model != "copy":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, tok = load_model(args.model).to(device), load_tokenizer(args.model)
+        model, tok = load_model(args.model, dtype=args.dtype).to(device), load_tokenizer(args.model)
     for data, out in zip(args.data, args.out):
         records = load_jsonl(data)
         t0 = time.time()
@@ -543,6 +543,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the teacher's model folder")
     p.add_argument("--data", required=True, help="training JSONL (its prompts)")
     p.add_argument("--out", required=True, help="JSONL to write; OUT.partial holds the chunks of an unfinished run")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (the workflow passes a teacher's `dtype`; default float32)")
     p = add("vocab-map", cmd_vocab_map, "build the MinED teacher → student vocabulary map")
     p.add_argument("--models", required=True, help="folder with teacher/ and student_base/")
     p.add_argument("--out", required=True, help="JSON file to write")
@@ -560,6 +562,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder, or 'copy' for the copy floor")
     p.add_argument("--data", required=True, nargs="+", help="set files (JSONL)")
     p.add_argument("--out", required=True, nargs="+", help="one result JSON per --data file")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (the workflow passes a teacher's `dtype`; default float32)")
     p = add("lm-eval", cmd_lm_eval, "lm-eval tasks of the sets over the generation seeds (needs lm-eval)")
     p.add_argument("--model", required=True, help="a Hugging Face causal LM: folder or hub id (pretrained=)")
     p.add_argument("--tasks", default="dwakd", help="comma-separated dwakd tasks/groups (default: dwakd)")

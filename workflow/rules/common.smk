@@ -217,6 +217,15 @@ def eval_model_input(w):
     return f"{P}/runs/{w.model}/model"
 
 
+def teacher_dtype(pair):
+    """The dtype a pair's teacher is loaded in for sampling and evaluation (its `dtype`, default float32)."""
+    return config["pairs"][pair]["teacher"].get("dtype", "float32")
+
+
+def eval_dtype(w):
+    return teacher_dtype(pair_of(w)) if w.model == "teacher" else "float32"
+
+
 def eval_model_arg(w, input):
     if w.model == "copy":
         return "copy"

@@ -8,6 +8,7 @@ rule eval:
         cfg=CFG,
         key=digest(PROFILE["eval"]),
         model=eval_model_arg,
+        dtype=eval_dtype,
     threads: JOB_THREADS
     resources:
         gpu=1,
@@ -19,7 +20,7 @@ rule eval:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} dwakd eval --config {params.cfg} --model {params.model} "
-        "--data {input.data} --out {output} > {log} 2>&1"
+        "--dtype {params.dtype} --data {input.data} --out {output} > {log} 2>&1"
 
 
 if MULTI:
@@ -37,6 +38,7 @@ if MULTI:
             cfg=CFG,
             key=lambda w: digest(PROFILE["eval"], teacher_key(first_pair(TEACHER_OF, w.teacher))),
             model=lambda w, input: f"{input.models}/teacher",
+            dtype=lambda w: teacher_dtype(first_pair(TEACHER_OF, w.teacher)),
         threads: JOB_THREADS
         resources:
             gpu=1,
@@ -48,7 +50,7 @@ if MULTI:
             ENV
         shell:
             "OMP_NUM_THREADS={threads} dwakd eval --config {params.cfg} --model {params.model} "
-            "--data {input.data} --out {output} > {log} 2>&1"
+            "--dtype {params.dtype} --data {input.data} --out {output} > {log} 2>&1"
 
     rule teacher_eval_copy:
         input:

@@ -22,6 +22,7 @@ rule generate:
             teacher_key(first_pair(TEACHER_OF, job_teacher(w))),
         ),
         teacher=lambda w, input: f"{input.models}/teacher",
+        dtype=lambda w: teacher_dtype(first_pair(TEACHER_OF, job_teacher(w))),
     threads: JOB_THREADS
     resources:
         gpu=1,
@@ -33,6 +34,7 @@ rule generate:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} dwakd generate --config {params.cfg} --model {params.teacher} "
+        "--dtype {params.dtype} "
         "--data {input.train} --out {output} > {log} 2>&1"
 
 
