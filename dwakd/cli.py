@@ -218,9 +218,7 @@ def build_run(cfg: dict, run: str, pair: str | None = None):
 
 
 def cmd_train(args) -> None:
-    import torch
-
-    from dwakd.train import Trainer
+    from dwakd.train import Trainer, process_state
 
     cfg = _cfg(args)
     cls, mcfg, tcfg = build_run(cfg, args.run, args.pair)
@@ -239,7 +237,8 @@ def cmd_train(args) -> None:
         check_generated(records, f"run {args.run} (method {cls.name}): {train_file}")
     _threads(tcfg.num_threads)
     models = Path(args.models)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    proc = process_state()  # one process, or one of `accelerate launch`'s: its device, whether it writes
+    device = proc.device
     pname = C.pair_name(cfg, args.pair)
     pair_spec = C.pair(cfg, pname)
     student, stok = load_pair_model(models / "student_base", pair_spec["student"], "trained", device,
@@ -254,10 +253,11 @@ def cmd_train(args) -> None:
         dev_scorer = make_dev_scorer(load_jsonl(data / "dev.jsonl"), stok, tcfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    C.dump({"run": args.run, "method": cls.name, "citation": cls.citation,
-            "method_config": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
-            "train_file": str(train_file), "train_records": len(records),
-            "pair": pair_spec, "profile": cfg["profile"]}, out / "resolved_config.yaml")
+    if proc.is_main_process:
+        C.dump({"run": args.run, "method": cls.name, "citation": cls.citation,
+                "method_config": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
+                "train_file": str(train_file), "train_records": len(records),
+                "pair": pair_spec, "profile": cfg["profile"]}, out / "resolved_config.yaml")
     t0 = time.time()
     Trainer(method, student, teacher, stok, ttok, tcfg, out, dev_scorer).fit(records, resume=args.resume)
     print(f"trained {args.run} in {time.time() - t0:.1f}s -> {out / 'model'}")
@@ -287,19 +287,11 @@ def load_pair_model(folder: Path, spec: dict, role: str, device, where: str):
 
 
 def make_dev_scorer(dev: list[dict], tokenizer, tcfg):
-    """Dev-set score for checkpoint selection: ROUGE-L (seed 10) or minus the response loss."""
-    from dwakd.evaluate import GenConfig, bits_per_byte, generate, rouge_l
+    """``dwakd.train.make_dev_scorer``: the dev score for checkpoint selection (shared by the processes of
+    ``accelerate launch``)."""
+    from dwakd.train import make_dev_scorer
 
-    dev = dev[: tcfg.dev_limit] if tcfg.dev_limit else dev
-
-    def score(model) -> float:
-        if tcfg.select_by == "loss":
-            return -bits_per_byte(model, tokenizer, dev, tcfg.max_prompt_len)
-        g = GenConfig(max_new_tokens=tcfg.dev_max_new_tokens, max_prompt_len=tcfg.max_prompt_len, seeds=[10])
-        preds = generate(model, tokenizer, [r["prompt"] for r in dev], g, seed=10)
-        return sum(rouge_l(p, r["output"]) for p, r in zip(preds, dev)) / len(dev)
-
-    return score
+    return make_dev_scorer(dev, tokenizer, tcfg)
 
 
 # ------------------------------------------------------------------------------ generate

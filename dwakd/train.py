@@ -407,8 +407,6 @@ class Trainer:
         if acc.num_processes > 1 and cfg.grad_accum % acc.num_processes and acc.is_main_process:
             print(f"dwakd train: grad_accum={cfg.grad_accum} micro-batches per step are not a multiple of "
                   f"{acc.num_processes} processes: some processes idle in every step", file=sys.stderr)
-        if self.teacher is not None and acc.mixed_precision == "bf16" and self.device.type == "cuda":
-            self.teacher.to(torch.bfloat16)  # frozen; under bf16 autocast its matmuls run in bf16 anyway
         groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "lr": cfg.lr}]
         mparams = [p for p in self.method.parameters() if p.requires_grad]
         if mparams:
