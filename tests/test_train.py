@@ -149,3 +149,31 @@ def test_dev_selection_keeps_the_best_epoch(tiny_pair, dolly_small, tmp_path):
     sel = json.loads((tmp_path / "sel" / "selection.json").read_text())
     assert sel["best_epoch"] == 1 and sel["best"] == 5.0 and len(saved) == 2
     assert [h["dev_rougeL"] for h in sel["history"]] == [3.0, 5.0, 4.0]
+
+
+def test_response_tokens_counts_what_the_loss_is_normalised_by(tiny_pair, dolly_small):
+    from dwakd.train import response_tokens
+
+    t = make_trainer(tiny_pair, "unused")
+    items = t.make_items(dolly_small[:6])
+    b = t.batch(items)
+    assert sum(response_tokens(x) for x in items) == int((b["student"]["labels"][:, 1:] != -100).sum())
+
+
+def test_sharded_generation_and_dev_scores_do_not_depend_on_the_process_count(tiny_pair, dolly_small):
+    from dwakd.evaluate import GenConfig, bits_per_byte, generate_shard
+    from dwakd.train import make_dev_scorer
+
+    model, tok = load_model(tiny_pair / "student_base"), load_tokenizer(tiny_pair / "student_base")
+    dev = dolly_small[200:207]
+    g = GenConfig(max_new_tokens=6, batch_size=2, seeds=[10])
+    prompts = [r["prompt"] for r in dev]
+    one = generate_shard(model, tok, prompts, g, seed=10)
+    assert sorted(one) == list(range(len(dev)))
+    for world in (2, 3):
+        shards = [generate_shard(model, tok, prompts, g, seed=10, rank=r, world=world) for r in range(world)]
+        assert sum(len(s) for s in shards) == len(dev) and {k: v for s in shards for k, v in s.items()} == one
+    cfg = TrainConfig(select_by="loss", max_prompt_len=48)
+    assert make_dev_scorer(dev, tok, cfg)(model) == -bits_per_byte(model, tok, dev, 48)
+    rouge = make_dev_scorer(dev, tok, TrainConfig(select_by="rougeL", dev_max_new_tokens=6))
+    assert rouge(model) == rouge(model) >= 0.0
