@@ -5,6 +5,11 @@ gradient clipping, gradient accumulation, per-token loss normalisation over the 
 autocast on GPU, a JSONL log per optimiser step, a checkpoint after every epoch (and every
 ``save_every_steps``), dev-set selection of the best epoch, and ``resume`` that continues a killed run with
 the same result as an uninterrupted one.
+
+One process, or N under ``accelerate launch`` (DDP; FSDP and DeepSpeed configurations are provided but
+untested): the result does not depend on N (``Trainer``'s docstring says how; config/accelerate/README.md
+how to launch). Every file is written atomically by process 0 (``dwakd.atomic``); a NaN/inf loss or gradient
+norm stops every process at the same step and keeps the last complete checkpoint.
 """
 
 from __future__ import annotations

@@ -125,7 +125,8 @@ def test_two_processes_equal_one_process(name, two_process_runs, tiny_pair, tmp_
         assert proc["world"] == 2 and proc["type"] == "MULTI_CPU" and proc["device"].startswith("cpu")
     log1, log2 = read_log(one / "train_log.jsonl"), read_log(two / "train_log.jsonl")
     assert len(log1) == len(log2) and [r.keys() for r in log1] == [r.keys() for r in log2]
-    assert sum("loss" in r for r in log1) == 6 and sum("dev_" + JOBS[name]["train"]["select_by"] in r for r in log1) == 2
+    dev_key = "dev_" + JOBS[name]["train"]["select_by"]
+    assert sum("loss" in r for r in log1) == 6 and sum(dev_key in r for r in log1) == 2
     for r1, r2 in zip(log1, log2):
         for k, v in r1.items():
             assert r2[k] == (pytest.approx(v, rel=1e-4, abs=1e-7) if isinstance(v, float) else v), (k, r1, r2)
@@ -197,7 +198,8 @@ def test_accelerate_configs_parse(name, kind, monkeypatch):
         assert c["zero_optimization"]["offload_param"]["device"] == "none"
     else:
         assert cfg.fsdp_config["fsdp_version"] == 2
-        assert env["FSDP_SHARDING_STRATEGY"] == "FULL_SHARD" and env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
+        assert env["FSDP_SHARDING_STRATEGY"] == "FULL_SHARD"
+        assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
         plugin = FullyShardedDataParallelPlugin()
         plugin.set_mixed_precision("bf16")
         assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # FULL_SHARD
