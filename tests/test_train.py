@@ -166,7 +166,7 @@ def test_sharded_generation_and_dev_scores_do_not_depend_on_the_process_count(ti
 
     model, tok = load_model(tiny_pair / "student_base"), load_tokenizer(tiny_pair / "student_base")
     dev = dolly_small[200:207]
-    g = GenConfig(max_new_tokens=6, batch_size=2, seeds=[10])
+    g = GenConfig(max_new_tokens=6, max_prompt_len=48, batch_size=2, seeds=[10])
     prompts = [r["prompt"] for r in dev]
     one = generate_shard(model, tok, prompts, g, seed=10)
     assert sorted(one) == list(range(len(dev)))
@@ -175,5 +175,5 @@ def test_sharded_generation_and_dev_scores_do_not_depend_on_the_process_count(ti
         assert sum(len(s) for s in shards) == len(dev) and {k: v for s in shards for k, v in s.items()} == one
     cfg = TrainConfig(select_by="loss", max_prompt_len=48)
     assert make_dev_scorer(dev, tok, cfg)(model) == -bits_per_byte(model, tok, dev, 48)
-    rouge = make_dev_scorer(dev, tok, TrainConfig(select_by="rougeL", dev_max_new_tokens=6))
+    rouge = make_dev_scorer(dev, tok, TrainConfig(select_by="rougeL", dev_max_new_tokens=6, max_prompt_len=48))
     assert rouge(model) == rouge(model) >= 0.0
