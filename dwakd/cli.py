@@ -174,9 +174,10 @@ def cmd_pretrain(args) -> None:
     if args.role == "teacher_sft" and "arch" not in p["teacher"]:
         if "sft" not in p["teacher"]:
             raise C.ConfigError(f"pairs.{name}.teacher: no `sft` settings; this teacher is used as published")
-        import torch
+        from dwakd.train import process_state
 
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        proc = process_state()  # under the profile's launcher: one process per GPU
+        device = proc.device
         sft = p["teacher"]["sft"]
         model, tok = load_pair_model(model_source(p["teacher"], f"pairs.{name}.teacher"), p["teacher"], "trained",
                                      device, f"pairs.{name}.teacher")
@@ -197,7 +198,10 @@ def cmd_pretrain(args) -> None:
             raise C.ConfigError(f"dwakd pretrain --role {args.role}: --tokenizers is required")
         model = build.pretrain(args.role, p[args.role], Path(args.tokenizers) / args.role, records,
                                b.get(f"{args.role}_pretrain", {}), out, args.resume, seed)
-    C.dump({"role": args.role, "pair": p, "data": args.data}, out / "resolved_config.yaml")
+    from dwakd.train import process_state
+
+    if process_state().is_main_process:
+        C.dump({"role": args.role, "pair": p, "data": args.data}, out / "resolved_config.yaml")
     print(model)
 
 
@@ -218,6 +222,8 @@ def build_run(cfg: dict, run: str, pair: str | None = None):
 
 
 def cmd_train(args) -> None:
+    import torch
+
     from dwakd.train import Trainer, process_state
 
     cfg = _cfg(args)
@@ -247,6 +253,7 @@ def cmd_train(args) -> None:
     if cls.needs_teacher:
         teacher, ttok = load_pair_model(models / "teacher", pair_spec["teacher"], "teacher", device,
                                         f"pairs.{pname}.teacher")
+    torch.manual_seed(tcfg.seed)  # the method's own parameters (projectors) start the same in every run
     method = cls(mcfg, student, teacher, stok, ttok).to(device)
     dev_scorer = None
     if tcfg.select_by != "last":

@@ -36,7 +36,7 @@ from transformers import get_cosine_schedule_with_warmup
 from dwakd.atomic import atomic_dir, atomic_write_json, atomic_write_text, replace_dir, tmp_path
 from dwakd.data import encode_sample
 from dwakd.methods.base import ConfigError, Method
-from dwakd.models import forward
+from dwakd.models import forward, is_peft_model, save_trained
 
 
 @dataclass
@@ -387,8 +387,13 @@ class Trainer:
         student_sd, method_sd = self._full_state_dicts()
         if self.is_main:
             with atomic_dir(dest) as tmp:
-                self.student.save_pretrained(tmp, state_dict=student_sd)
-                self.stok.save_pretrained(tmp)
+                if is_peft_model(self.student):  # merged into a plain folder, the adapter in adapter/
+                    save_trained(self.student, self.stok, tmp)
+                else:  # full state dict (gathered under FSDP / ZeRO-3); KV cache on for generation
+                    use_cache, self.student.config.use_cache = self.student.config.use_cache, True
+                    self.student.save_pretrained(tmp, state_dict=student_sd)
+                    self.student.config.use_cache = use_cache
+                    self.stok.save_pretrained(tmp)
                 save_method_state(self.method, tmp, method_sd)
                 _fault("model", self._step, next(iter(tmp.glob("*.safetensors")), None))
         self.barrier()

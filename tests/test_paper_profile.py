@@ -211,3 +211,50 @@ def test_dwakd_models_links_a_published_pair_without_copying(tiny_pair, tmp_path
     assert (out / "teacher").is_symlink() and (out / "teacher").resolve() == (tiny_pair / "teacher").resolve()
     assert (out / "student_base" / "config.json").is_file()
     assert json.loads(r.stdout.strip().splitlines()[-1])["student_base"] == str((tiny_pair / "student_base").resolve())
+
+
+# ------------------------------------------------------------------- several published-style pairs, for real
+
+
+@pytest.mark.slow
+def test_a_profile_of_published_style_pairs_runs_end_to_end(tiny_pair, tmp_path):
+    """Two pairs of local `path:` models sharing a teacher that is LoRA-fine-tuned first, one LoRA student with
+    gradient checkpointing, training under `accelerate launch`: the teacher's SFT, samples and evaluation and the
+    shared vocabulary map are made once, each pair gets its tables."""
+    base = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    teacher = {"path": str(tiny_pair / "teacher"), "name": "tiny-teacher", "dtype": "float32",
+               "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+               "sft": {"max_steps": 2, "batch_size": 8, "lr": 1.0e-3, "max_prompt_len": 64, "max_len": 128,
+                       "select_by": "rougeL", "dev_limit": 4, "dev_max_new_tokens": 4, "progress": False}}
+    student = {"path": str(tiny_pair / "student_base"), "tokenizer": "tiny-student-tok"}
+    base["pairs"]["a"] = {"teacher": teacher, "student": student}
+    base["pairs"]["b"] = {"teacher": teacher, "student": {**student, "gradient_checkpointing": True,
+                                                         "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}}
+    prof = {**base["profiles"]["tiny"], "pairs": ["a", "b"], "results_dir": "results/hub", "train_limit": 32,
+            "dev_limit": 4, "main_table": ["sft", "seqkd", "mined"],
+            "launcher": "accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no "
+                        "--dynamo_backend no",
+            "train": {**base["profiles"]["tiny"]["train"], "max_steps": 2, "select_by": "last"},
+            "eval": {**base["profiles"]["tiny"]["eval"], "limit": 3, "seeds": [10], "max_new_tokens": 4},
+            "generate": {**base["profiles"]["tiny"]["generate"], "max_new_tokens": 4}}
+    del prof["pair"], prof["ablation_table"], prof["figures"]
+    base["profiles"]["hub"] = prof
+    base["profile"] = "hub"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(base))
+    targets = [f"results/hub/{p}/tables/main.md" for p in ("a", "b")]
+    r = _snakemake(*targets, "--cores", "2", "-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+                   check=False)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    jobs = _jobs(r.stdout + r.stderr)
+    assert (jobs["hub_teacher_sft"], jobs["generate"], jobs["teacher_eval"], jobs["vocab_map"]) == (1, 1, 1, 1)
+    assert jobs["train"] == 6 and jobs["models"] == 2
+    res = tmp_path / "results/hub"
+    sft = res / "teachers/tiny-teacher/model"
+    assert (sft / "config.json").is_file() and (sft / "adapter").is_dir()  # LoRA merged, adapter kept beside
+    assert (res / "a/models/teacher").resolve() == sft.resolve()
+    for p in ("a", "b"):
+        table = (res / p / "tables/main.md").read_text()
+        assert "SeqKD" in table and "MinED" in table and "Teacher" in table
+    assert (res / "b/runs/sft/model/adapter").is_dir() and not (res / "a/runs/sft/model/adapter").exists()
+    cfg_b = yaml.safe_load((res / "b/runs/sft/resolved_config.yaml").read_text())
+    assert cfg_b["pair"]["student"]["lora"]["r"] == 4
