@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from dwakd import config as C
+from dwakd.atomic import atomic_dir, atomic_write_text
 from dwakd.data import ASSETS, SHIPPED_DATA, DataError, load_jsonl, verify_checksums
 
 
@@ -94,12 +94,8 @@ def cmd_tokenizers(args) -> None:
     records = load_jsonl(SHIPPED_DATA / cfg["datasets"]["dolly_train"]["file"])
     if tk.get("limit"):
         records = records[: tk["limit"]]
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    train_pair(records, tmp, tk["teacher_vocab"], tk["student_vocab"])
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_dir(Path(args.out)) as tmp:
+        train_pair(records, tmp, tk["teacher_vocab"], tk["student_vocab"])
 
 
 # ---------------------------------------------------------------------------------- models
@@ -136,24 +132,16 @@ def cmd_models(args) -> None:
 
 def _install_links(parts: dict[str, Path], out: Path) -> None:
     """``out/<name>`` → each model folder as a symbolic link (a 7B model is not copied), made atomically."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, src in parts.items():
-        (tmp / name).symlink_to(Path(src).resolve(), target_is_directory=True)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        for name, src in parts.items():
+            (tmp / name).symlink_to(Path(src).resolve(), target_is_directory=True)
 
 
 def _install_dirs(parts: dict[str, Path], out: Path) -> None:
     """Copy folders into ``out/<name>`` atomically (a temporary folder renamed into place)."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, src in parts.items():
-        shutil.copytree(src, tmp / name)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        for name, src in parts.items():
+            shutil.copytree(src, tmp / name)
 
 
 def cmd_pretrain(args) -> None:
@@ -378,9 +366,7 @@ def cmd_eval(args) -> None:
                             "profile": cfg["profile"], "seconds": time.time() - t0}
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, ensure_ascii=False))
-        os.replace(tmp, out)
+        atomic_write_text(out, json.dumps(result, ensure_ascii=False))
         s = result["summary"]
         print(f"{args.model} {Path(data).stem}: ROUGE-L {s['rougeL']['mean']:.2f} ± {s['rougeL']['std']:.2f}, "
               f"bpb {s['bpb'] if s['bpb'] is None else round(s['bpb'], 4)} ({time.time() - t0:.1f}s)")
@@ -490,7 +476,7 @@ def cmd_lm_eval(args) -> None:
                          gen_kwargs=args.gen_kwargs, metadata=json.loads(args.metadata) if args.metadata else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    atomic_write_text(out, json.dumps(res, indent=1))
     for name, v in res["summary"].items():
         print(f"{name}\t{v['rougeL']['mean']:.2f} ± {v['rougeL']['std']:.2f}")
 

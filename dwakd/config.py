@@ -175,7 +175,8 @@ def run_spec(cfg: dict, run: str) -> dict:
 
 
 def dump(obj: Any, path: Path) -> None:
+    """``obj`` as YAML in ``path``, written atomically."""
+    from dwakd.atomic import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))

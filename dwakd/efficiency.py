@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from dwakd.errors import DataError
-from dwakd.report import latex_text, to_latex, to_markdown
+from dwakd.atomic import atomic_file
+from dwakd.report import latex_text, to_latex, to_markdown, write_table_files
 
 # the log's fields that are not loss terms
 NOT_TERMS = ("step", "epoch", "lr", "grad_norm", "tokens", "step_time_s", "tokens_per_s", "peak_mem_mb")
@@ -178,7 +179,6 @@ def write_efficiency(t: dict, out: Path, name: str = "efficiency", curves: str =
                f"GPU): compare the ratios, not the seconds or gigabytes.")
         md += ["", f"## {ptitle}\n", to_markdown(pub["table"]), "", src]
         tex += [f"% {ptitle}", to_latex(pub["table"]), latex_text(src)]
-    (out / f"{name}.md").write_text("\n".join(md) + "\n")
-    (out / f"{name}.tex").write_text("\n".join(tex) + "\n")
-    t["frame"].to_csv(out / f"{name}.csv", index=False)
-    t["curves"].to_csv(out / curves, index=False)
+    write_table_files(out, name, md, tex, t["frame"])
+    with atomic_file(out / curves) as tmp:
+        t["curves"].to_csv(tmp, index=False)

@@ -68,6 +68,17 @@ def latex_text(text: str) -> str:
 # ------------------------------------------------------------------------------------ evaluations
 
 
+def write_table_files(out: Path, name: str, md: list[str], tex: list[str], frame) -> None:
+    """``out/name.{md,tex,csv}``: the Markdown and LaTeX lines and the long-format data frame, each written
+    atomically (a partial table is never left in place of a result)."""
+    from dwakd.atomic import atomic_file, atomic_write_text
+
+    atomic_write_text(out / f"{name}.md", "\n".join(md) + "\n")
+    atomic_write_text(out / f"{name}.tex", "\n".join(tex) + "\n")
+    with atomic_file(out / f"{name}.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
 def eval_file(eval_dir: Path, run: str, s: str) -> Path:
     return Path(eval_dir) / run / f"{s}.json"
 
@@ -230,9 +241,7 @@ def write_significance(t: dict, out: Path, name: str = "significance") -> None:
         md += ["No baseline of report.baselines is among the runs: nothing to compare.", ""]
     md.append(how)
     tex.append(latex_text(how))
-    (out / f"{name}.md").write_text("\n".join(md) + "\n")
-    (out / f"{name}.tex").write_text("\n".join(tex) + "\n")
-    t["long"].to_csv(out / f"{name}.csv", index=False)
+    write_table_files(out, name, md, tex, t["long"])
 
 
 # ------------------------------------------------------------------------------------ published numbers
@@ -364,6 +373,4 @@ def write_tables(t: dict, out: Path, name: str) -> None:
         src = "Published: " + "; ".join(pub["sources"]) + " (config/published.yaml). Ours: mean over seeds."
         md += ["", f"## {title}\n", to_markdown(pub["table"], index=False), "", src]
         tex += [f"% {title}", to_latex(pub["table"], index=False), latex_text(src)]
-    (out / f"{name}.md").write_text("\n".join(md) + "\n")
-    t["long"].to_csv(out / f"{name}.csv", index=False)
-    (out / f"{name}.tex").write_text("\n".join(tex) + "\n")
+    write_table_files(out, name, md, tex, t["long"])
