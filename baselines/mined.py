@@ -56,6 +56,7 @@ from baselines._common import (
     tokens_of,
 )
 from dwakd.align.tokens import build_vocab_map, dtw_align, invert_vocab_map, one_to_one
+from dwakd.atomic import atomic_write_text
 from dwakd.errors import ConfigError
 from dwakd.losses.divergences import kl_from_logprobs, token_ce
 from dwakd.methods.base import Method
@@ -105,9 +106,7 @@ def write_vocab_map(path: str | os.PathLike, t2s: list[int], teacher_tokenizer, 
     data = {"fingerprint": vocab_fingerprint(tv, sv), "teacher_vocab_size": len(tv), "student_vocab_size": len(sv),
             "overrides": {str(k): v for k, v in eos_override(teacher_tokenizer, student_tokenizer).items()},
             **meta, "teacher_to_student": list(t2s)}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data))
 
 
 def read_vocab_map(path: str | os.PathLike, teacher_tokenizer, student_tokenizer) -> list[int]:

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from dwakd import config as C
+from dwakd.atomic import atomic_file
 from dwakd.errors import ConfigError
 
 ATTENTION_COLUMNS = ["run", "method", "sample", "i", "j", "student_token", "teacher_token", "weight"]
@@ -292,6 +293,5 @@ def export(cfg: dict, models: Path, runs_dir: Path, data_dir: Path, out: Path, l
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        df.to_csv(tmp, index=False)

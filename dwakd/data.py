@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
+from dwakd.atomic import atomic_file
 from dwakd.errors import DataError
 
 ASSETS = Path(str(resources.files("dwakd") / "assets"))
@@ -89,11 +90,9 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> None:
     """Write records atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_file(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

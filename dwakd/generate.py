@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from dwakd.atomic import atomic_write_text
 from dwakd.errors import ConfigError
 
 EMPTY_POLICIES = ("gold", "drop")
@@ -134,12 +135,7 @@ def read_partial(path: Path, header: dict) -> list[list[str]]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def build_records(records: list[dict], texts: list[str], empty: str) -> list[dict]:
