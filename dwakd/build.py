@@ -61,15 +61,6 @@ def finetune(model_dir: Path, records: list[dict], train_over: dict, out_dir: Pa
     return out_dir / "model"
 
 
-def finetune_published(model, tokenizer, records: list[dict], train_over: dict, out_dir: Path, resume: bool = False,
-                       seed: int = 10, dev_scorer=None, where: str = "teacher.sft") -> Path:
-    """SFT of a published teacher (``model`` set up by ``dwakd.models.prepare_for_training``, LoRA or full) on
-    the responses of ``records`` with its ``sft`` settings; the selected model (LoRA merged) in ``out_dir/model``."""
-    cfg = build_config(TrainConfig, {"seed": seed, **train_over}, where)
-    train_sft(model, tokenizer, records, cfg, out_dir, resume, dev_scorer)
-    return out_dir / "model"
-
-
 MODEL_CARD = """# The embedded ("mini") pair
 
 Made by dwakd from scratch on Dolly train (databricks-dolly-15k, CC BY-SA 3.0, MiniLLM processing), on CPU.

@@ -148,9 +148,9 @@ def cmd_pretrain(args) -> None:
     """Build a model: pre-train a self-built pair's teacher or student, or fine-tune a teacher (``teacher_sft``:
     the self-built teacher in ``--init``, or a published pair's teacher with its ``sft`` settings)."""
     from dwakd import build
-    from dwakd.methods.base import build_config
     from dwakd.hub import model_source
-    from dwakd.train import TrainConfig
+    from dwakd.methods.base import build_config
+    from dwakd.train import TrainConfig, process_state
 
     cfg = _cfg(args)
     name = C.pair_name(cfg, args.pair)
@@ -162,21 +162,17 @@ def cmd_pretrain(args) -> None:
     if args.role == "teacher_sft" and "arch" not in p["teacher"]:
         if "sft" not in p["teacher"]:
             raise C.ConfigError(f"pairs.{name}.teacher: no `sft` settings; this teacher is used as published")
-        from dwakd.train import process_state
-
-        proc = process_state()  # under the profile's launcher: one process per GPU
-        device = proc.device
-        sft = p["teacher"]["sft"]
+        # under the profile's launcher: one process per GPU, each on its own device
         model, tok = load_pair_model(model_source(p["teacher"], f"pairs.{name}.teacher"), p["teacher"], "trained",
-                                     device, f"pairs.{name}.teacher")
-        tcfg = build_config(TrainConfig, {"seed": seed, **sft}, f"pairs.{name}.teacher.sft")
+                                     process_state().device, f"pairs.{name}.teacher")
+        tcfg = build_config(TrainConfig, {"seed": seed, **p["teacher"]["sft"]}, f"pairs.{name}.teacher.sft")
         dev_scorer = None
         if tcfg.select_by != "last":
             if not args.dev:
                 raise C.ConfigError(f"pairs.{name}.teacher.sft.select_by: {tcfg.select_by!r} needs --dev")
             dev_scorer = make_dev_scorer(load_jsonl(args.dev), tok, tcfg)
-        model = build.finetune_published(model, tok, records, sft, out, args.resume, seed, dev_scorer,
-                                         f"pairs.{name}.teacher.sft")
+        build.train_sft(model, tok, records, tcfg, out, args.resume, dev_scorer)
+        model = out / "model"
     elif args.role == "teacher_sft":
         if not args.init:
             raise C.ConfigError("dwakd pretrain --role teacher_sft: --init (the pre-trained teacher) is required")
@@ -186,8 +182,6 @@ def cmd_pretrain(args) -> None:
             raise C.ConfigError(f"dwakd pretrain --role {args.role}: --tokenizers is required")
         model = build.pretrain(args.role, p[args.role], Path(args.tokenizers) / args.role, records,
                                b.get(f"{args.role}_pretrain", {}), out, args.resume, seed)
-    from dwakd.train import process_state
-
     if process_state().is_main_process:
         C.dump({"role": args.role, "pair": p, "data": args.data}, out / "resolved_config.yaml")
     print(model)
@@ -264,20 +258,16 @@ def load_pair_model(folder: Path, spec: dict, role: str, device, where: str):
     "trained" with gradient checkpointing and LoRA when asked. Trained weights stay float32 (bf16 compute comes
     from the Trainer's autocast on GPU, DSKD's bf16 mixed precision); ``spec.dtype`` applies to frozen weights:
     a teacher, the base of a LoRA model."""
-    import torch
-
-    from dwakd.models import ModelSettings, load_model, load_tokenizer, prepare_for_training
+    from dwakd.models import ModelSettings, load_for_training, load_model, load_tokenizer
 
     names = {f.name for f in dataclasses.fields(ModelSettings)}
     settings = ModelSettings.from_dict({k: spec[k] for k in names if k in spec}, where)
-    if role == "trained" and settings.lora is None:
-        settings = dataclasses.replace(settings, dtype="float32")
-    model = load_model(folder, dtype=settings.torch_dtype)
     if role == "teacher":
-        model.requires_grad_(False)
-        model.eval()
+        model = load_model(folder, dtype=settings.torch_dtype).requires_grad_(False).eval()
     else:
-        model = prepare_for_training(model, settings, where)
+        if settings.lora is None:
+            settings = dataclasses.replace(settings, dtype="float32")
+        model = load_for_training(folder, settings, where=where)
     return model.to(device), load_tokenizer(folder)
 
 
@@ -444,7 +434,8 @@ def cmd_efficiency(args) -> None:
     prof = C.profile(cfg)
     runs = C.table_runs(prof)
     _, _, published = _report_settings(cfg, args.published)
-    pub = published.get("efficiency") if published_for_pair(published, C.pair_name(cfg, args.pair)) is not None else None
+    has_pair = published_for_pair(published, C.pair_name(cfg, args.pair)) is not None
+    pub = published.get("efficiency") if has_pair else None
     t = efficiency_table(Path(args.runs_dir), runs, _titles(cfg, runs), pub)
     write_efficiency(t, Path(args.out))
     print((Path(args.out) / "efficiency.md").read_text())

@@ -182,7 +182,8 @@ def models_input(w):
         t = TEACHER_OF[pair]
         return {"teacher": f"{R}/teachers/{t}/model"} if t in HUB_SFT_TEACHERS else {}
     if rebuilds(pair):
-        return {"teacher": f"{pdir(pair)}/build/teacher_sft/model", "student": f"{pdir(pair)}/build/student_pretrain/model"}
+        build = f"{pdir(pair)}/build"
+        return {"teacher": f"{build}/teacher_sft/model", "student": f"{build}/student_pretrain/model"}
     return {}
 
 
@@ -195,9 +196,14 @@ def job_teacher(w):
     return w.get("teacher", TEACHER_OF[PAIRS[0]])
 
 
+def teacher_pair(w):
+    """The first pair with this job's teacher: its settings and models stand for the teacher's (the same in all)."""
+    return first_pair(TEACHER_OF, job_teacher(w))
+
+
 def teacher_models(w):
-    """The models folder of the first pair with this job's teacher (the teacher is the same in all of them)."""
-    return f"{pdir(first_pair(TEACHER_OF, job_teacher(w)))}/models"
+    """The models folder holding this job's teacher."""
+    return f"{pdir(teacher_pair(w))}/models"
 
 
 def generate_models(w):

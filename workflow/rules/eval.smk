@@ -36,9 +36,9 @@ if MULTI:
             expand(f"{R}/teachers/{{{{teacher}}}}/eval/{{s}}.json", s=EVAL_SETS),
         params:
             cfg=CFG,
-            key=lambda w: digest(PROFILE["eval"], teacher_key(first_pair(TEACHER_OF, w.teacher))),
+            key=lambda w: digest(PROFILE["eval"], teacher_key(teacher_pair(w))),
             model=lambda w, input: f"{input.models}/teacher",
-            dtype=lambda w: teacher_dtype(first_pair(TEACHER_OF, w.teacher)),
+            dtype=lambda w: teacher_dtype(teacher_pair(w)),
         threads: JOB_THREADS
         resources:
             gpu=1,

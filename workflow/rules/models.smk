@@ -67,7 +67,8 @@ if BUILT:
         conda:
             ENV
         shell:
-            "OMP_NUM_THREADS={threads} dwakd pretrain --config {params.cfg} --pair {params.pair} --role {wildcards.role} "
+            "OMP_NUM_THREADS={threads} dwakd pretrain --config {params.cfg} --pair {params.pair} "
+            "--role {wildcards.role} "
             "--data {input.data} --tokenizers {input.tokenizers} --out {params.out} --resume > {log} 2>&1"
 
     rule teacher_sft:
@@ -126,8 +127,8 @@ if HUB_SFT_TEACHERS:
             directory(f"{R}/teachers/{{teacher}}/model"),
         params:
             cfg=CFG,
-            pair=lambda w: first_pair(TEACHER_OF, w.teacher),
-            key=lambda w: digest(config["pairs"][first_pair(TEACHER_OF, w.teacher)]["teacher"]),
+            pair=teacher_pair,
+            key=lambda w: digest(config["pairs"][teacher_pair(w)]["teacher"]),
             out=lambda w, output: parent(output[0]),
             train_cmd=TRAIN_CMD,
         threads: JOB_THREADS

@@ -19,10 +19,10 @@ rule generate:
             PROFILE.get("generate"),
             PROFILE.get("train_limit"),
             config["datasets"]["dolly_train"],
-            teacher_key(first_pair(TEACHER_OF, job_teacher(w))),
+            teacher_key(teacher_pair(w)),
         ),
         teacher=lambda w, input: f"{input.models}/teacher",
-        dtype=lambda w: teacher_dtype(first_pair(TEACHER_OF, job_teacher(w))),
+        dtype=lambda w: teacher_dtype(teacher_pair(w)),
     threads: JOB_THREADS
     resources:
         gpu=1,
