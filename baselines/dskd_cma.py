@@ -45,7 +45,7 @@ from dwakd.registry import register
 
 @dataclass
 class DSKDCMAConfig:
-    """DSKD-CMA options (METHODS.md "DSKD-CMA"; DSKD scripts/gpt2/dskd_cma_gpt2_base.sh)."""
+    """DSKD-CMA options (docs/methods.md "DSKD-CMA"; DSKD scripts/gpt2/dskd_cma_gpt2_base.sh)."""
 
     kd_rate: float = 0.5  # α (script: KD_RATE=0.5)
     temperature: float = 2.0  # τ (script: KD_TEMP=2.0)

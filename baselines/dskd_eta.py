@@ -5,7 +5,7 @@ represented by the token it predicts, ``labels[k + 1]``) are aligned by
 
 * ``"eta"`` (default; the paper): ``dwakd.align.exact_token_alignment`` on the token strings — a pair (i, j) is
   aligned when both sides have consumed the same text and the two tokens are the same string (or both EOS);
-* ``"offsets"`` (an improvement METHODS.md invites): pairs of tokens with the same character span in the
+* ``"offsets"`` (our improvement, docs/methods.md "DSKD-ETA"): pairs of tokens with the same character span in the
   response text (``offsets_alignment``), plus the final EOS pair, which also aligns newlines, non-ASCII text
   and everything after them. The text is recovered by decoding the student's response ids and re-tokenised by
   both tokenizers with ``return_offsets_mapping``; a sample whose re-tokenisation does not reproduce the batch
@@ -32,7 +32,7 @@ aligned pairs, so that after the loop's division by the response-token count it 
 response tokens that are aligned (token-weighted over the batch; the reference averages per-sample ratios);
 ``t2s_agree`` = the number of pairs in L_kd_stu's mask.
 
-Deviations from DSKD v2's code (which METHODS.md asks to avoid or which we judge wrong):
+Deviations from DSKD v2's code (its bugs, or choices we judge wrong; what we compute: docs/methods.md "DSKD-ETA"):
 * student and teacher positions are gathered separately per pair (the code scatters teacher positions into
   student-sized buffers, correct only when both sides are padded to the same length);
 * every term is token-summed and divided by the global response-token count (the code divides L_ce_t2s and
@@ -76,7 +76,7 @@ ALIGNMENTS = ("eta", "offsets")
 
 @dataclass
 class DSKDETAConfig:
-    """DSKD-ETA options (METHODS.md "DSKD-ETA")."""
+    """DSKD-ETA options (docs/methods.md "DSKD-ETA")."""
 
     kd_rate: float = 0.5  # α (DSKD v2 follows DSKD: 0.5)
     temperature: float = 2.0  # τ (DSKD: 2.0)

@@ -68,7 +68,7 @@ UNMAPPED = -1e5  # DSKD: teacher logit given to student ids no teacher id maps t
 
 @dataclass
 class MinEDConfig:
-    """MinED options (METHODS.md "MinED")."""
+    """MinED options (docs/methods.md "MinED")."""
 
     kd_rate: float = 0.5  # α (DSKD scripts/gpt2/minedit_gpt2_base.sh: KD_RATE=0.5)
     temperature: float = 2.0  # τ (same script: KD_TEMP=2.0)

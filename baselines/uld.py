@@ -55,9 +55,9 @@ VARIANTS: dict[str, ULDVariant] = {
 
 @dataclass
 class ULDConfig:
-    """ULD options (METHODS.md "ULD")."""
+    """ULD options (docs/methods.md "ULD")."""
 
-    variant: str = "dskd"  # METHODS.md: DSKD's re-implementation is the default; "original" = Boizard et al.
+    variant: str = "dskd"  # DSKD's re-implementation is the default; "original" = Boizard et al.
     kd_rate: float = 0.5  # α of the "dskd" variant (DSKD scripts: KD_RATE=0.5); unused by "original"
     temperature: float = 1.0  # ULD paper and DSKD's code: softmax of the raw logits (no temperature)
 

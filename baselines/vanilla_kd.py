@@ -1,5 +1,5 @@
 """Vanilla KD — token-level distillation between a teacher and a student that share one vocabulary
-(Hinton et al. 2015; the divergences of DSKD's "various_divergence", METHODS.md "Vanilla KD")::
+(Hinton et al. 2015; the divergences of DSKD's "various_divergence", docs/methods.md "Vanilla KD")::
 
     L = (1 − α)·CE + α·Σ_i D_τ(p_t,i ‖ p_s,i)
 

@@ -1,6 +1,6 @@
 """Teacher generations for sequence-level KD (SeqKD; Kim & Rush, EMNLP 2016, as used by MiniLLM and DSKD).
 
-METHODS.md "SeqKD": sample the teacher's response for every training prompt (temperature 1.0, top-k 0,
+docs/methods.md "SeqKD": sample the teacher's response for every training prompt (temperature 1.0, top-k 0,
 top-p 1.0, prompt ≤ 256 tokens, prompt + response ≤ 512 tokens, seed 10), replace the gold ``output`` with
 it, and train the student with plain CE (``baselines/seqkd.py``). Only text crosses from the teacher to the
 student, so the method does not care about the two vocabularies. No ``no_repeat_ngram_size`` constraint:
@@ -48,10 +48,10 @@ SOURCES = ("teacher", "gold")
 class TeacherGenConfig:
     """Settings of ``dwakd generate`` (``profiles.<p>.generate`` in config/config.yaml).
 
-    Defaults are SeqKD's settings in MiniLLM / DSKD (METHODS.md "SeqKD").
+    Defaults are SeqKD's settings in MiniLLM / DSKD (docs/methods.md "SeqKD").
     """
 
-    seed: int = 10  # METHODS.md: seed 10
+    seed: int = 10  # MiniLLM / DSKD: seed 10
     temperature: float = 1.0  # pure sampling: T = 1, top-k 0, top-p 1
     top_p: float = 1.0
     top_k: int = 0

@@ -42,7 +42,7 @@ def _kl64(p_logits: torch.Tensor, q_logits: torch.Tensor, tau: float) -> torch.T
 
 
 def _ref64(name: str, s: torch.Tensor, t: torch.Tensor, tau: float, lam: float = 0.1, mu: float = 0.5):
-    """Float64 per-position reference for every divergence, written from METHODS.md."""
+    """Float64 per-position reference for every divergence, written from docs/methods.md "Vanilla KD"."""
     ps, pt = torch.softmax(s.double() / tau, -1), torch.softmax(t.double() / tau, -1)
 
     def kl(p, q):

@@ -91,7 +91,7 @@ def test_paper_pairs_hold_the_published_settings():
     cfg = C.load(None, {"profile": "paper"})
     pairs = cfg["pairs"]
     tiny = pairs["mistral-7b_tinyllama-1.1b"]
-    assert tiny["student"]["lora"] == {"r": 256, "alpha": 8, "dropout": 0.1}  # METHODS.md / DSKD scripts
+    assert tiny["student"]["lora"] == {"r": 256, "alpha": 8, "dropout": 0.1}  # DSKD scripts (docs/paper.md)
     assert tiny["teacher"]["lora"] == {"r": 256, "alpha": 8, "dropout": 0.1}
     for name in C.profile_pairs(C.profile(cfg)):
         p = pairs[name]

@@ -1,7 +1,7 @@
 """Cross-model attention (CMA): the learned soft alignment of DSKD v1 (Zhang et al., EMNLP 2024,
 arXiv 2406.17328), shared by DSKD-CMA, DSKD-CMA-GA (arXiv 2603.22056) and DWA-KD (arXiv 2602.21669).
 
-One module, three projectors (METHODS.md, "DSKD-CMA"):
+One module, three projectors (docs/methods.md "DSKD-CMA"):
 
 * ``P_query``: Linear(2·d_s → 2·d_t), queries ``Q = P_query([e_s(x); e_s(y)])``;
 * ``P_t2s``: Linear(d_t → d_s), teacher values ``V_t = P_t2s(N(h_t) + N(e_t(y)))``;
@@ -24,7 +24,7 @@ the teacher positions that can be attended to). Deviation from DSKD's code, whic
 whole ``[B, L, d]`` batch tensor, padding and prompt included: there N depends on how much padding a batch
 happens to have and on the other samples; here a sample's result is the same whatever batch it is in.
 
-**Masking** (the ``M`` of METHODS.md): a student position i may attend to teacher position j only if both are
+**Masking** (docs/methods.md "DSKD-CMA"): a student position i may attend to teacher position j only if both are
 valid (``student_mask[i]`` and ``teacher_mask[j]``; the methods pass the response masks, i.e. positions whose
 shifted label is not −100, as DSKD does). Invalid columns are filled with −inf before the softmax, so they get
 **exactly zero** weight (DSKD adds −1e5, which underflows to the same 0 in fp32 unless a whole row is masked);

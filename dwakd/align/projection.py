@@ -1,6 +1,6 @@
 """DSKD v2's "logit identity" projectors between two hidden spaces (Zhang et al. 2025, arXiv 2504.11426).
 
-Pure functions: tokenizers / weight matrices in, index tensors / matrices out (METHODS.md, "DSKD-ETA").
+Pure functions: tokenizers / weight matrices in, index tensors / matrices out (docs/methods.md "DSKD-ETA").
 
 With ``W_s^head [V_s, d_s]`` and ``W_t^head [V_t, d_t]`` (``dwakd.models.lm_head_weight``) restricted to the
 shared vocabulary (``shared_vocab``: the n tokens whose strings exist in both vocabularies after ``Ġ→▁``),

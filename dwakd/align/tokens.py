@@ -43,7 +43,7 @@ def normalise_token(tok: str) -> str:
 
 def exact_token_alignment(student_tokens: list[str], teacher_tokens: list[str], *,
                           eos: Collection[str] = DEFAULT_EOS) -> list[tuple[int, int]]:
-    """DSKD v2's exact token alignment (ETA, arXiv 2504.11426, METHODS.md "DSKD-ETA").
+    """DSKD v2's exact token alignment (ETA, arXiv 2504.11426, docs/methods.md "DSKD-ETA").
 
     Strip the space markers, then walk both token lists accumulating the text each side has consumed
     (``hs``, ``ht``). At the next pair of tokens ``(s_i, t_j)``:
@@ -208,7 +208,7 @@ def _exact_student_id(tok: str, student_vocab: Mapping[str, int]) -> int | None:
 
 def build_vocab_map(teacher_vocab: Mapping[str, int], student_vocab: Mapping[str, int], *, workers: int = -1,
                     chunk: int = 1024, overrides: Mapping[int, int] | None = None) -> list[int]:
-    """Teacher id → student id (FuseLLM / DSKD MinED, step 1; METHODS.md "MinED").
+    """Teacher id → student id (FuseLLM / DSKD MinED, step 1; docs/methods.md "MinED").
 
     For each teacher token: the student token with the identical string if there is one — as is, else with
     the space marker converted (``Ġworld`` → ``▁world`` and vice versa) — else the student token of minimum

@@ -39,7 +39,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 # Per-position divergences between a teacher (target) and a student distribution given as logits.
 #
-# Convention shared by every function below (METHODS.md, "Notation" and "Vanilla KD"):
+# Convention shared by every function below (docs/methods.md "Notation" and "Vanilla KD"):
 #   fn(student_logits [B, L, V], teacher_logits [B, L, V], mask [B, L], temperature=1.0) -> scalar
 # * both logit sets are divided by the temperature τ; no τ² scaling;
 # * computed in fp32 whatever the input dtype;
