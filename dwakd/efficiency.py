@@ -175,10 +175,10 @@ def write_efficiency(t: dict, out: Path, name: str = "efficiency", curves: str =
     pub = t.get("published")
     if pub is not None:
         ptitle = "Published (paper) beside ours: seconds per step and peak memory, and ratios to the reference"
-        src = (f"Published: {pub['source']} (config/published.yaml; METHODS.md names neither the pair nor the "
-               f"GPU): compare the ratios, not the seconds or gigabytes.")
+        src = (f"Published: {pub['source']} (config/published.yaml; no pair or GPU is given for these numbers, "
+               f"docs/methods.md, Published numbers): compare the ratios, not the seconds or gigabytes.")
         md += ["", f"## {ptitle}\n", to_markdown(pub["table"]), "", src]
         tex += [f"% {ptitle}", to_latex(pub["table"]), latex_text(src)]
-    write_table_files(out, name, md, tex, t["frame"])
+    write_table_files(out, name, md, tex, t["frame"], title="Training cost")
     with atomic_file(out / curves) as tmp:
         t["curves"].to_csv(tmp, index=False)

@@ -145,8 +145,29 @@ def response_nll_bytes(model, tokenizer, prompt: str, response: str, max_prompt_
     return float(token_nll(logits, labels)[0]), n_bytes
 
 
+def response_bits_bytes(model, tokenizer, records: list[dict], max_prompt_len: int = 256) -> dict:
+    """Per prompt (first reference), in the order of ``records``: ``{"bits": [NLL / ln 2 of the response
+    tokens + EOS], "bytes": [UTF-8 bytes scored]}``. The set's bits per byte is Σ bits / Σ bytes
+    (``bpb_of``); ``dwakd.stats`` resamples prompts and recomputes that ratio."""
+    was_training = model.training
+    model.eval()
+    bits, nbytes = [], []
+    for r in records:
+        n, b = response_nll_bytes(model, tokenizer, r["prompt"], r["output"][0], max_prompt_len)
+        bits.append(n / math.log(2))
+        nbytes.append(b)
+    model.train(was_training)
+    return {"bits": bits, "bytes": nbytes}
+
+
+def bpb_of(samples: dict) -> float:
+    """Corpus-level bits per byte of ``response_bits_bytes``' output: Σ bits / Σ bytes."""
+    return math.fsum(samples["bits"]) / max(sum(samples["bytes"]), 1)
+
+
 def bits_per_byte(model, tokenizer, records: list[dict], max_prompt_len: int = 256) -> float:
-    """Corpus-level response bits per byte (first reference): Σ NLL / (ln 2 · Σ bytes)."""
+    """Corpus-level response bits per byte (first reference): Σ NLL / (ln 2 · Σ bytes) (the dev score of
+    ``train.make_dev_scorer`` sums the same way)."""
     was_training = model.training
     model.eval()
     nats, nbytes = 0.0, 0
@@ -163,7 +184,8 @@ def summarise(values: list[float]) -> dict:
 
 
 def evaluate_model(model, tokenizer, records: list[dict], cfg: GenConfig, with_bpb: bool = True) -> dict:
-    """Generations, per-sample ROUGE-L per seed, and the summary for one model on one set."""
+    """Generations, per-sample ROUGE-L per seed, and the summary for one model on one set; with ``with_bpb``
+    also each prompt's response bits and bytes (``bpb_samples``, in the order of ``ids``) and their bpb."""
     prompts = [r["prompt"] for r in records]
     per_seed = {}
     for seed in cfg.seeds:
@@ -175,8 +197,9 @@ def evaluate_model(model, tokenizer, records: list[dict], cfg: GenConfig, with_b
         "seeds": per_seed,
         "summary": {"rougeL": summarise([v["rougeL"] for v in per_seed.values()])},
     }
-    if with_bpb:
-        result["summary"]["bpb"] = bits_per_byte(model, tokenizer, records, cfg.max_prompt_len)
+    if with_bpb:  # per prompt too (``bpb_samples``): the significance table's paired bootstrap of bpb
+        result["bpb_samples"] = response_bits_bytes(model, tokenizer, records, cfg.max_prompt_len)
+        result["summary"]["bpb"] = bpb_of(result["bpb_samples"])
     return result
 
 

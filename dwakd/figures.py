@@ -10,7 +10,12 @@ of the workflow and inline in a notebook — ``notebooks/figures.py`` calls the 
 * ``plot_probe``: the token-alignment probe (``alignment_probe.csv``) against a uniform attention;
 * ``plot_train_curves``: loss terms over the optimiser steps, one panel per term, one line per method
   (``train_curves.csv``: run, method, step, term, value);
-* ``plot_rouge``: ROUGE-L per method and set with the seed std as error bars (``main.csv``).
+* ``plot_rouge``: ROUGE-L per method and set with the seed std as error bars (``main.csv``); the copy floor
+  (run ``copy``) is a labelled dashed reference line over each set, not a bar, and the y axis is scaled to the
+  methods' bars.
+
+Methods are told apart by ``method_colors``: distinct colours for up to 60 methods (tab10, tab20, then tab20b
+and tab20c), not colours that repeat after ten.
 
 ``write_figures`` reads the folder and writes them all; a table that is missing or empty gives a figure that
 says so, so the set of files is always the same.
@@ -22,12 +27,14 @@ import math
 import re
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 DPI = 150
 CELL = 0.17  # inches per heatmap cell
+COPY_RUN = "copy"  # the main table's copy-instruction-and-input floor (dwakd.report.COPY)
 
 #: units of the logged loss terms (the loop divides every token-summed term by the response-token count)
 TERM_UNITS = {
@@ -38,7 +45,8 @@ TERM_UNITS = {
     "aligned_ratio": "fraction of tokens", "conf_t2s": "probability", "lr": "learning rate",
     "grad_norm": "L2 norm", "tokens_per_s": "tokens / s", "step_time_s": "s", "peak_mem_mb": "MiB",
 }
-#: readable names of the logged terms (panel titles; the raw name follows in brackets)
+#: readable names of the logged terms (panel titles; the raw name follows in brackets); a method's
+#: ``term_labels`` (``dwakd.methods.base.Method``) name its own terms over these (``labels`` of plot_train_curves)
 TERM_TITLES = {
     "loss": "total loss", "ce": "CE on the gold response", "ce_t2s": "CE of the projected teacher (t2s)",
     "kd_stu": "KD in the student's space", "kd_tea": "KD in the teacher's space", "ga": "key–query GA (BCE)",
@@ -98,6 +106,20 @@ def _axis_tokens(df: pd.DataFrame, pos: str, tok: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- figures
+
+
+def method_colors(n: int) -> list:
+    """``n`` distinct colours, one per method: tab10 up to 10; tab20 up to 20 (its ten darker shades first,
+    so the first ten are tab10's hues); tab20 + tab20b + tab20c up to 60; evenly spaced hues of ``hsv`` beyond."""
+    if n <= 10:
+        return list(matplotlib.colormaps["tab10"].colors[:n])
+    t20 = matplotlib.colormaps["tab20"].colors
+    pool = [*t20[0::2], *t20[1::2]]
+    if n > 20:
+        pool += [*matplotlib.colormaps["tab20b"].colors, *matplotlib.colormaps["tab20c"].colors]
+    if n > len(pool):
+        return [tuple(c) for c in matplotlib.colormaps["hsv"](np.arange(n) / n)]
+    return list(pool[:n])
 
 
 def placeholder(title: str, message: str) -> Figure:
@@ -194,17 +216,21 @@ def plot_probe(probe: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_train_curves(curves: pd.DataFrame, terms: list[str] | None = None, ncols: int = 3) -> Figure:
-    """``train_curves.csv`` (run, method, step, term, value): one panel per term, one line per method."""
+def plot_train_curves(curves: pd.DataFrame, terms: list[str] | None = None, ncols: int = 3,
+                      labels: dict[str, str] | None = None) -> Figure:
+    """``train_curves.csv`` (run, method, step, term, value): one panel per term, one line per method. Panel
+    titles: ``labels`` (term → label: the methods' ``term_labels``, ``dwakd.registry.term_labels``), else
+    ``TERM_TITLES``, with the raw term name in brackets."""
     if curves.empty:
         return placeholder("Training curves", "no training curves in the table")
+    titles = {**TERM_TITLES, **(labels or {})}
     terms = terms or list(dict.fromkeys(curves["term"]))
     ncols = min(ncols, len(terms))
     nrows = math.ceil(len(terms) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows + 0.8), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     methods = list(dict.fromkeys(curves["method"]))
-    colors = {m: f"C{k % 10}" for k, m in enumerate(methods)}
+    colors = dict(zip(methods, method_colors(len(methods))))
     styles = {m: ("-", "--", ":", "-.")[(k // 10) % 4] for k, m in enumerate(methods)}
     for ax, term in zip(axes, terms):
         d = curves[curves["term"] == term]
@@ -212,7 +238,7 @@ def plot_train_curves(curves: pd.DataFrame, terms: list[str] | None = None, ncol
             dm = d[d["method"] == m].sort_values("step")
             if len(dm):
                 ax.plot(dm["step"], dm["value"], color=colors[m], ls=styles[m], lw=1.3, label=m)
-        ax.set_title(f"{TERM_TITLES[term]} ({term})" if term in TERM_TITLES else term, fontsize=10)
+        ax.set_title(f"{titles[term]} ({term})" if term in titles else term, fontsize=10)
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(TERM_UNITS.get(term, "value / token"))
         ax.grid(alpha=0.3)
@@ -232,22 +258,49 @@ def plot_train_curves(curves: pd.DataFrame, terms: list[str] | None = None, ncol
 
 
 def plot_rouge(main: pd.DataFrame) -> Figure:
-    """``main.csv`` (long format): ROUGE-L per method (bars) and set (groups), error bars = std over seeds."""
+    """``main.csv`` (long format): ROUGE-L per method (bars) and set (groups), error bars = std over seeds.
+
+    The copy floor (run ``copy``) is a dashed reference line across each set's group, labelled with its value,
+    and does not set the scale: the y axis spans the methods' bars (with their error bars); a floor above that
+    is drawn at the top edge and labelled "↑ off scale"."""
     d = main[(main["metric"] == "rougeL") & (main["set"] != "avg_published")]  # that one: published pairs only
     if d.empty:
         return placeholder("ROUGE-L", "no ROUGE-L rows in the table")
     sets = list(dict.fromkeys(d["set_title"]))
+    floor = d[d["run"].astype(str) == COPY_RUN]
+    d = d[d["run"].astype(str) != COPY_RUN]
+    if d.empty:
+        return placeholder("ROUGE-L", "no ROUGE-L rows of a method in the table (only the copy floor)")
     methods = list(dict.fromkeys(d["method"]))
-    n_m = len(methods)
+    n_m = max(len(methods), 1)
     fig = Figure(figsize=(max(7.0, 0.16 * n_m * len(sets) + 4.5), 4.5), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(sets))
     w = 0.8 / n_m
-    for k, m in enumerate(methods):
+    top = 0.0
+    for k, (m, color) in enumerate(zip(methods, method_colors(len(methods)))):
         dm = d[d["method"] == m].set_index("set_title").reindex(sets)
         mean, std = dm["mean"].to_numpy(dtype=float), dm["std"].fillna(0).to_numpy(dtype=float)
         ax.bar(x + (k - (n_m - 1) / 2) * w, mean, w, yerr=[np.minimum(std, np.nan_to_num(mean)), std], capsize=2,
-               label=m, color=f"C{k % 10}", hatch=None if k < 10 else "//", error_kw={"lw": 0.8})
+               label=m, color=color, error_kw={"lw": 0.8})
+        top = max(top, float(np.nanmax(np.append(mean + std, 0.0))))
+    top = top * 1.12 if top > 0 else 1.0
+    ax.set_ylim(0, top)
+    if len(floor):
+        f = floor.set_index("set_title").reindex(sets)["mean"].to_numpy(dtype=float)
+        label = f"{floor['method'].iloc[0]} (floor, reference line)"
+        for i, v in enumerate(f):
+            if not math.isfinite(v):
+                continue
+            off = v > top
+            y = 0.985 * top if off else v  # off scale: just under the top edge, where the dashes show
+            ax.hlines(y, x[i] - 0.45, x[i] + 0.45, colors="#333333", linestyles="--", lw=1.4, zorder=3,
+                      label=label)
+            label = None  # one legend entry
+            ax.annotate(f"copy {v:.1f}" + (" ↑ off scale" if off else ""), (x[i] + 0.45, y),
+                        xytext=(0, -9 if off else 2), textcoords="offset points", ha="right", fontsize=7,
+                        color="#333333", bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
+                                               "alpha": 0.7}, zorder=4)
     ax.set_xticks(x, sets)
     ax.set_xlabel("evaluation set (Avg: mean over the sets, per seed)")
     ax.set_ylabel("ROUGE-L F1 (×100)")
@@ -284,9 +337,11 @@ def save(fig: Figure, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def write_figures(tables: Path, out: Path, attention_figures: int | None = None) -> list[Path]:
+def write_figures(tables: Path, out: Path, attention_figures: int | None = None,
+                  term_labels: dict[str, str] | None = None) -> list[Path]:
     """Every figure from the CSV files of ``tables``: ``attention_<k>`` (k = 1 … one per sample of
-    attention.csv, or exactly ``attention_figures``), ``alignment_probe``, ``train_curves``, ``rougeL``."""
+    attention.csv, or exactly ``attention_figures``), ``alignment_probe``, ``train_curves`` (panel titles:
+    ``term_labels`` over ``TERM_TITLES``), ``rougeL``."""
     tables, out = Path(tables), Path(out)
     written: list[Path] = []
     att = read_table(tables / "attention.csv")
@@ -301,7 +356,7 @@ def write_figures(tables: Path, out: Path, attention_figures: int | None = None)
             fig = placeholder("Cross-model attention", f"no sample {k + 1}: {why}")
         written += save(fig, out, f"attention_{k + 1}")
     sources = [("alignment_probe", "alignment_probe.csv", plot_probe),
-               ("train_curves", "train_curves.csv", plot_train_curves),
+               ("train_curves", "train_curves.csv", lambda df: plot_train_curves(df, labels=term_labels)),
                ("rougeL", "main.csv", plot_rouge)]
     for name, csv, plot in sources:
         df = read_table(tables / csv)

@@ -5,20 +5,26 @@ over seeds, so its ± is the seed spread of the average, not a sum of the per-se
 
 Besides the means, a table can carry
 
-- significance markers: a ROUGE-L cell whose difference from a baseline run (``report.baselines``: SFT,
-  DSKD-CMA) is not significant (the 95 % paired-bootstrap CI over prompts includes 0, ``dwakd.stats``) gets
-  that baseline's marker (°, †, ...), explained under the table; ``significance_table`` writes the
-  differences, CIs and p-values themselves;
+- significance markers: a ROUGE-L or bits-per-byte cell whose difference from a baseline run
+  (``report.baselines``: SFT, DSKD-CMA) is not significant (the 95 % paired-bootstrap CI over prompts includes
+  0, ``dwakd.stats``) gets that baseline's marker (°, †, ...), explained under the table (bpb: only when both
+  eval JSONs hold per-prompt bits, ``bpb_samples``); ``significance_table`` writes the differences, CIs,
+  p-values and minimum detectable differences themselves;
 - published numbers (``config/published.yaml``, when the profile's pair is one of its pairs): a section
   "Published (paper) and difference" with ours, published and ours − published per run and set, and the
   ``published``, ``diff`` and ``published_source`` columns in the CSV.
+
+Every table is written as Markdown, LaTeX, CSV (long format) and a standalone HTML page of the Markdown
+(``markdown_html``), which the Snakemake report shows in the page.
 
 Torch-free (pandas, numpy).
 """
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -28,9 +34,12 @@ import pandas as pd
 import yaml
 
 from dwakd.errors import ConfigError
-from dwakd.stats import BootstrapConfig, paired_bootstrap, paired_differences
+from dwakd.stats import (MDD_POWER, BootstrapConfig, has_bpb_samples, mdd_factor, paired_bootstrap, paired_bpb,
+                         paired_differences)
 
 COPY, TEACHER = "copy", "teacher"  # the rows of the main table that are not runs
+METRICS = {"rougeL": "ROUGE-L", "bpb": "bits per byte"}  # the compared metrics, in the tables' order
+DIGITS = {"rougeL": 2, "bpb": 4}  # decimals of the significance tables' differences
 MARKERS = ("°", "†", "‡")  # one per entry of report.baselines, in order
 PUBLISHED_SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "published.schema.yaml"
 _LATEX = {"±": r"$\pm$", "°": r"$^{\circ}$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$", "−": r"$-$",
@@ -68,12 +77,68 @@ def latex_text(text: str) -> str:
 # ------------------------------------------------------------------------------------ evaluations
 
 
-def write_table_files(out: Path, name: str, md: list[str], tex: list[str], frame) -> None:
-    """``out/name.{md,tex,csv}``: the Markdown and LaTeX lines and the long-format data frame, each written
-    atomically (a partial table is never left in place of a result)."""
+_HTML_STYLE = """body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       margin: 1.2em 1.5em; color: #1f2328; background: #fff; }
+h1 { font-size: 1.3em; } h2 { font-size: 1.08em; margin: 1.5em 0 0.4em; }
+table { border-collapse: collapse; font-size: 0.88em; margin: 0.3em 0 0.6em; }
+th, td { border: 1px solid #d0d7de; padding: 0.25em 0.6em; white-space: nowrap; }
+th { background: #f3f5f7; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tbody tr:nth-child(even) { background: #f9fafb; } td:first-child { font-weight: 600; }
+p { font-size: 0.86em; max-width: 72em; margin: 0.3em 0; } p.source { color: #656d76; margin-top: 1.5em; }"""
+_NUMERIC = re.compile(r"^([+\-−]?\d|–$)")  # numbers, and "–" (no value), are right-aligned
+
+
+def _md_cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def markdown_html(md: list[str], title: str, source: str = "") -> str:
+    """A standalone HTML page of a table file's Markdown (the lines of ``write_table_files``: ``#``/``##``
+    headings, pipe tables as ``to_markdown`` writes them, any other line a paragraph), cells escaped and
+    numeric cells right-aligned: what the Snakemake report shows in the page."""
+    lines = "\n".join(md).splitlines()
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    k = 0
+    while k < len(lines):
+        ln = lines[k].strip()
+        if ln.startswith("|"):
+            block = []
+            while k < len(lines) and lines[k].strip().startswith("|"):
+                block.append(_md_cells(lines[k]))
+                k += 1
+            head = block[0]
+            rows = [r for r in block[1:] if not all(set(c) <= set(":-") and c for c in r)]
+            body.append("<table>\n<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+                        + "</tr></thead>\n<tbody>")
+            for r in rows:
+                cells = "".join(("<td class='num'>" if _NUMERIC.match(c) else "<td>") + f"{html.escape(c)}</td>"
+                                for c in r)
+                body.append(f"<tr>{cells}</tr>")
+            body.append("</tbody>\n</table>")
+            continue
+        if ln.startswith("#"):
+            level = min(max(len(ln) - len(ln.lstrip("#")), 2), 6)  # h1: the page's title
+            body.append(f"<h{level}>{html.escape(ln.lstrip('#').strip())}</h{level}>")
+        elif ln:
+            body.append(f"<p>{html.escape(ln)}</p>")
+        k += 1
+    if source:
+        body.append(f'<p class="source">{html.escape(source)}</p>')
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>\n{_HTML_STYLE}\n</style>\n</head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def write_table_files(out: Path, name: str, md: list[str], tex: list[str], frame, title: str | None = None) -> None:
+    """``out/name.{md,tex,csv,html}``: the Markdown and LaTeX lines, the long-format data frame and the HTML page
+    of the Markdown (``markdown_html``, headed ``title``), each written atomically (a partial table is never
+    left in place of a result)."""
     from dwakd.atomic import atomic_file, atomic_write_text
 
     atomic_write_text(out / f"{name}.md", "\n".join(md) + "\n")
+    atomic_write_text(out / f"{name}.html", markdown_html(
+        md, title or name, f"tables/{name}.html: the tables of {name}.md; also {name}.tex (LaTeX) and "
+                           f"{name}.csv (long format, every number unrounded)"))
     atomic_write_text(out / f"{name}.tex", "\n".join(tex) + "\n")
     with atomic_file(out / f"{name}.csv") as tmp:
         frame.to_csv(tmp, index=False)
@@ -146,48 +211,67 @@ def wide(df: pd.DataFrame, metric: str, rows: list[str], titles: dict, columns: 
 # ------------------------------------------------------------------------------------ significance
 
 
+def bpb_comparable(res: dict, run: str, sets: list[str]) -> bool:
+    """Whether every eval JSON of ``run`` on ``sets`` holds per-prompt bits and bytes (``bpb_samples``)."""
+    return all(has_bpb_samples(res[run, s]) for s in sets)
+
+
 def significance_frame(res: dict, eval_dir: Path, rows: list[str], baselines: list[str], sets: list[str],
                        titles: dict, set_titles: dict, boot: BootstrapConfig) -> pd.DataFrame:
     """Paired bootstrap (``dwakd.stats.paired_bootstrap``) of every run of ``rows`` (but the copy floor and the
-    baseline itself) against every baseline of ``baselines`` that is in ``rows``: one line per
-    (run, baseline, set or avg) with ``mean_diff`` (run − baseline, ROUGE-L ×100), ``ci_low``, ``ci_high``,
-    ``p_value``, ``significant``, ``n_prompts``, the seeds of each side and the bootstrap settings."""
+    baseline itself) against every baseline of ``baselines`` that is in ``rows``, on each metric: one line per
+    (metric, baseline, run, set or avg) with ``metric`` (``rougeL``: ROUGE-L ×100, prompts' scores pooled over
+    seeds; ``bpb``: bits per byte, lower is better, only where both runs' eval JSONs hold ``bpb_samples``),
+    ``mean_diff`` (run − baseline), ``ci_low``, ``ci_high``, ``p_value``, ``significant``, ``se`` and ``mdd``
+    (the bootstrap standard error and the minimum detectable difference, ``dwakd.stats``), ``n_prompts``, the
+    seeds of each side (bpb: 1, it is deterministic) and the bootstrap settings."""
     lines = []
-    for b in [b for b in baselines if b in rows]:
-        for r in rows:
-            if r in (b, COPY):
+    present = [b for b in baselines if b in rows]
+    for metric in METRICS:
+        for b in present:
+            if metric == "bpb" and not bpb_comparable(res, b, sets):
                 continue
-            diffs = {s: paired_differences(res[r, s], res[b, s], str(eval_file(eval_dir, r, s)),
-                                           str(eval_file(eval_dir, b, s))) for s in sets}
-            out = paired_bootstrap(diffs, boot.resamples, boot.ci, boot.seed)
-            for s, x in out.iterrows():
-                lines.append({"run": r, "method": titles.get(r, r), "baseline": b,
-                              "baseline_method": titles.get(b, b), "set": s,
-                              "set_title": "Avg" if s == "avg" else set_titles[s],
-                              "mean_diff": x.mean_diff, "ci_low": x.ci_low, "ci_high": x.ci_high,
-                              "p_value": x.p_value, "significant": bool(x.significant),
-                              "n_prompts": int(x.n_prompts), "n_seeds": len(res[r, sets[0]]["seeds"]),
-                              "n_seeds_baseline": len(res[b, sets[0]]["seeds"]),
-                              "resamples": boot.resamples, "ci": boot.ci})
-    cols = ["run", "method", "baseline", "baseline_method", "set", "set_title", "mean_diff", "ci_low", "ci_high",
-            "p_value", "significant", "n_prompts", "n_seeds", "n_seeds_baseline", "resamples", "ci"]
+            for r in rows:
+                if r in (b, COPY) or (metric == "bpb" and not bpb_comparable(res, r, sets)):
+                    continue
+                pair = paired_differences if metric == "rougeL" else paired_bpb
+                diffs = {s: pair(res[r, s], res[b, s], str(eval_file(eval_dir, r, s)), str(eval_file(eval_dir, b, s)))
+                         for s in sets}
+                out = paired_bootstrap(diffs, boot.resamples, boot.ci, boot.seed)
+                seeds = ((len(res[r, sets[0]]["seeds"]), len(res[b, sets[0]]["seeds"])) if metric == "rougeL"
+                         else (1, 1))
+                for s, x in out.iterrows():
+                    lines.append({"run": r, "method": titles.get(r, r), "baseline": b,
+                                  "baseline_method": titles.get(b, b), "metric": metric, "set": s,
+                                  "set_title": "Avg" if s == "avg" else set_titles[s],
+                                  "mean_diff": x.mean_diff, "ci_low": x.ci_low, "ci_high": x.ci_high,
+                                  "p_value": x.p_value, "significant": bool(x.significant), "se": x.se,
+                                  "mdd": x.mdd, "n_prompts": int(x.n_prompts), "n_seeds": seeds[0],
+                                  "n_seeds_baseline": seeds[1], "resamples": boot.resamples, "ci": boot.ci})
+    cols = ["run", "method", "baseline", "baseline_method", "metric", "set", "set_title", "mean_diff", "ci_low",
+            "ci_high", "p_value", "significant", "se", "mdd", "n_prompts", "n_seeds", "n_seeds_baseline",
+            "resamples", "ci"]
     return pd.DataFrame(lines, columns=cols)
 
 
-def marker_legend(sig: pd.DataFrame, baselines: list[str], boot: BootstrapConfig) -> tuple[dict, list[str]]:
-    """``(markers, legend)``: ``(run, set_title)`` → the markers of the baselines it is not significantly
-    different from, and one legend line per baseline compared."""
-    markers: dict = {}
-    legend = []
-    for b, mark in zip(baselines, MARKERS):
-        sub = sig[sig.baseline == b]
-        if sub.empty:
-            continue
-        for _, x in sub[~sub.significant].iterrows():
-            markers[x.run, x.set_title] = markers.get((x.run, x.set_title), "") + mark
-        legend.append(f"{mark} not significantly different from {sub.baseline_method.iloc[0]} (paired bootstrap "
-                      f"over prompts, seeds pooled: the {boot.ci * 100:g}% CI of the difference includes 0; "
-                      f"{boot.resamples:,} resamples)")
+def marker_legend(sig: pd.DataFrame, baselines: list[str], boot: BootstrapConfig) -> tuple[dict, dict]:
+    """``(markers, legend)``, each by metric (``rougeL``, ``bpb``): ``(run, set_title)`` → the markers of the
+    baselines it is not significantly different from, and one legend line per baseline compared."""
+    markers: dict = {m: {} for m in METRICS}
+    legend: dict = {m: [] for m in METRICS}
+    for metric in METRICS:
+        for b, mark in zip(baselines, MARKERS):
+            sub = sig[(sig.baseline == b) & (sig.metric == metric)]
+            if sub.empty:
+                continue
+            for _, x in sub[~sub.significant].iterrows():
+                markers[metric][x.run, x.set_title] = markers[metric].get((x.run, x.set_title), "") + mark
+            how = ("seeds pooled" if metric == "rougeL"
+                   else "Σ bits / Σ bytes of each run recomputed on every resample")
+            legend[metric].append(
+                f"{mark} not significantly different from {sub.baseline_method.iloc[0]} (paired bootstrap over "
+                f"prompts, {how}: the {boot.ci * 100:g}% CI of the difference includes 0; "
+                f"{boot.resamples:,} resamples)")
     return markers, legend
 
 
@@ -196,52 +280,89 @@ def _p(p: float, resamples: int) -> str:
     return f"< {2 / resamples:g}" if p == 0 else f"{p:.4f}"
 
 
-def significance_wide(sig: pd.DataFrame, baseline: str, rows: list[str], titles: dict, columns: list[str]):
-    """Methods × sets/Avg of ``+d [lo, hi], p`` cells for one baseline."""
-    sub = sig[sig.baseline == baseline]
+def significance_wide(sig: pd.DataFrame, baseline: str, rows: list[str], titles: dict, columns: list[str],
+                      metric: str = "rougeL"):
+    """Methods × sets/Avg of ``+d [lo, hi], p`` cells for one baseline and metric."""
+    sub = sig[(sig.baseline == baseline) & (sig.metric == metric)]
+    n = DIGITS[metric]
     table = {}
     for r in rows:
         x = sub[sub.run == r]
         if x.empty:
             continue
-        cells = {y.set_title: f"{y.mean_diff:+.2f} [{y.ci_low:+.2f}, {y.ci_high:+.2f}], p {_p(y.p_value, y.resamples)}"
-                 for _, y in x.iterrows()}
+        cells = {y.set_title: f"{y.mean_diff:+.{n}f} [{y.ci_low:+.{n}f}, {y.ci_high:+.{n}f}], "
+                              f"p {_p(y.p_value, y.resamples)}" for _, y in x.iterrows()}
         table[titles.get(r, r)] = {c: cells.get(c, "–") for c in columns}
     out = pd.DataFrame.from_dict(table, orient="index", columns=columns)
     out.index.name = "Method"
     return out
 
 
+def mdd_line(sig: pd.DataFrame, baseline: str, metric: str, columns: list[str], boot: BootstrapConfig) -> str:
+    """The minimum detectable difference of one baseline and metric per set/Avg: the median of ``mdd`` over
+    the runs compared (min–max when they differ)."""
+    sub = sig[(sig.baseline == baseline) & (sig.metric == metric)]
+    n = DIGITS[metric]
+    cells = []
+    for c in columns:
+        v = sub[sub.set_title == c].mdd
+        if v.empty:
+            continue
+        rng = f" ({v.min():.{n}f}–{v.max():.{n}f})" if v.max() - v.min() >= 0.5 * 10 ** -n else ""
+        cells.append(f"{c} {v.median():.{n}f}{rng}")
+    runs = sub.run.nunique()
+    return (f"Minimum detectable difference ({METRICS[metric]}, median over the {runs} run{'s' * (runs != 1)} "
+            f"compared, min–max in brackets): " + ", ".join(cells)
+            + f". mdd = (z_{{1−α/2}} + z_{{power}}) × SE = {mdd_factor(boot.ci):.2f} × SE, with α = "
+            f"{1 - boot.ci:.2g}, power {MDD_POWER:g} and SE the std of the bootstrap resamples: a true difference "
+            f"this large is detected with {MDD_POWER:.0%} probability.")
+
+
 def significance_table(eval_dir: Path, rows: list[str], baselines: list[str], sets: list[str], titles: dict,
                        set_titles: dict, boot: BootstrapConfig) -> dict:
-    """Every run of ``rows`` against each baseline of ``baselines`` present in ``rows``."""
+    """Every run of ``rows`` against each baseline of ``baselines`` present in ``rows``, on ROUGE-L and (runs
+    with per-prompt bits, ``bpb_samples``) bits per byte."""
     res = load_results(eval_dir, rows, sets)
     sig = significance_frame(res, eval_dir, rows, baselines, sets, titles, set_titles, boot)
     cols = [set_titles[s] for s in sets] + ["Avg"]
     present = [b for b in baselines if b in rows]
-    return {"long": sig, "boot": boot, "by_baseline": {b: significance_wide(sig, b, rows, titles, cols)
-                                                       for b in present},
-            "titles": titles}
+    sections = {(m, b): (significance_wide(sig, b, rows, titles, cols, m), mdd_line(sig, b, m, cols, boot))
+                for m in METRICS for b in present if not sig[(sig.metric == m) & (sig.baseline == b)].empty}
+    no_bpb = [titles.get(r, r) for r in rows if r != COPY and not bpb_comparable(res, r, sets)]
+    return {"long": sig, "boot": boot, "sections": sections, "titles": titles, "no_bpb": no_bpb,
+            "baselines": present,
+            "by_baseline": {b: sections[m, b][0] for (m, b) in sections if m == "rougeL"}}
 
 
 def write_significance(t: dict, out: Path, name: str = "significance") -> None:
-    """``name``.md and .tex (one section per baseline), ``name``.csv (long format)."""
+    """``name``.md, .tex and .html (one section per metric and baseline, each with its minimum detectable
+    difference), ``name``.csv (long format)."""
     out.mkdir(parents=True, exist_ok=True)
     boot = t["boot"]
-    how = (f"ROUGE-L F1 ×100, method − baseline: mean over prompts of the per-prompt difference (each prompt's "
-           f"score averaged over its seeds) [{boot.ci * 100:g}% percentile CI] and two-sided p-value of a paired "
-           f"bootstrap over prompts ({boot.resamples:,} resamples, seed {boot.seed}); Avg: sets resampled "
-           f"independently, per-set mean differences averaged.")
+    how = (f"Method − baseline: the observed difference [{boot.ci * 100:g}% percentile CI] and two-sided p-value "
+           f"of a paired bootstrap over prompts ({boot.resamples:,} resamples, seed {boot.seed}; every comparison "
+           f"on a set uses the same resampled prompts). ROUGE-L F1 ×100 (higher is better): mean over prompts of "
+           f"the per-prompt difference, each prompt's score averaged over its seeds. Bits per byte (lower is "
+           f"better: a negative difference favours the method): Σ bits / Σ bytes of the method minus the "
+           f"baseline's, both recomputed on each resample. Avg: sets resampled independently, per-set differences "
+           f"averaged.")
     md, tex = [], []
-    for b, table in t["by_baseline"].items():
-        title = f"Difference from {t['titles'].get(b, b)}"
-        md += [f"## {title}\n", to_markdown(table), ""]
-        tex += [f"% {title}", to_latex(table)]
-    if not t["by_baseline"]:
+    for (metric, b), (table, mdd) in t["sections"].items():
+        name_m = METRICS[metric][0].upper() + METRICS[metric][1:]
+        better = "higher is better" if metric == "rougeL" else "lower is better"
+        title = f"{name_m} ({better}): difference from {t['titles'].get(b, b)}"
+        md += [f"## {title}\n", to_markdown(table), "", mdd, ""]
+        tex += [f"% {title}", to_latex(table), latex_text(mdd) + r"\\"]
+    if not t["baselines"]:
         md += ["No baseline of report.baselines is among the runs: nothing to compare.", ""]
+    if t["no_bpb"] and t["baselines"]:
+        note = (f"Bits per byte not compared for {', '.join(t['no_bpb'])}: their eval JSONs hold no per-prompt "
+                f"bits and bytes (bpb_samples, which dwakd eval now stores); re-run their evaluation to compare them.")
+        md += [note, ""]
+        tex.append(latex_text(note) + r"\\")
     md.append(how)
     tex.append(latex_text(how))
-    write_table_files(out, name, md, tex, t["long"])
+    write_table_files(out, name, md, tex, t["long"], title="Significance against the baselines")
 
 
 # ------------------------------------------------------------------------------------ published numbers
@@ -328,16 +449,18 @@ def main_table(eval_dir: Path, rows: list[str], sets: list[str], titles: dict, s
                published: dict | None = None) -> dict:
     """The table of ``rows`` (runs, or also ``copy`` and ``teacher``) × ``sets`` + Avg.
 
-    ``baselines``: runs whose non-significant differences are marked in the ROUGE-L table (those in
-    ``rows``); ``published``: the pair's entry of ``config/published.yaml`` (``published_for_pair``)."""
+    ``baselines``: runs whose non-significant differences are marked in the ROUGE-L and bits-per-byte tables
+    (those in ``rows``; bpb: runs with ``bpb_samples``); ``published``: the pair's entry of
+    ``config/published.yaml`` (``published_for_pair``)."""
     res = load_results(eval_dir, rows, sets)
     df = long_frame(res, rows, sets, titles, set_titles)
     cols = [set_titles[s] for s in sets] + ["Avg"]
     boot = bootstrap or BootstrapConfig()
     sig = significance_frame(res, eval_dir, rows, list(baselines), sets, titles, set_titles, boot)
     markers, legend = marker_legend(sig, list(baselines), boot)
-    out = {"long": df, "rougeL": wide(df, "rougeL", rows, titles, cols, 2, markers),
-           "bpb": wide(df, "bpb", rows, titles, cols, 3), "legend": legend, "significance": sig,
+    out = {"long": df, "rougeL": wide(df, "rougeL", rows, titles, cols, 2, markers["rougeL"]),
+           "bpb": wide(df, "bpb", rows, titles, cols, 3, markers["bpb"]), "legend": legend["rougeL"],
+           "legend_bpb": legend["bpb"], "significance": sig,
            "n_samples": {set_titles[s]: len(res[rows[0], s]["ids"]) for s in sets},
            "seeds": sorted(next(iter(res.values()))["seeds"].keys()), "published": None}
     if published is not None:
@@ -360,17 +483,19 @@ def write_tables(t: dict, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     ns = ", ".join(f"{k} {v}" for k, v in t["n_samples"].items())
     legend = t.get("legend") or []
+    legend_bpb = t.get("legend_bpb") or []
     md = [f"## ROUGE-L F1 (×100, higher is better; mean ± std over generation seeds)\n",
           to_markdown(t["rougeL"]), "", *legend, *([""] if legend else []),
           "## Response bits per byte (teacher forcing, lower is better; deterministic)\n",
-          to_markdown(t["bpb"]), "", f"Samples per set: {ns}."]
+          to_markdown(t["bpb"]), "", *legend_bpb, *([""] if legend_bpb else []), f"Samples per set: {ns}."]
     tex = ["% ROUGE-L F1 (x100), mean +- std over generation seeds", to_latex(t["rougeL"]),
            *(latex_text(x) + r"\\" for x in legend),
-           "% Response bits per byte (lower is better)", to_latex(t["bpb"])]
+           "% Response bits per byte (lower is better)", to_latex(t["bpb"]),
+           *(latex_text(x) + r"\\" for x in legend_bpb)]
     pub = t.get("published")
     if pub is not None:
         title = f"Published (paper) and difference: ROUGE-L, {pub['title']}"
         src = "Published: " + "; ".join(pub["sources"]) + " (config/published.yaml). Ours: mean over seeds."
         md += ["", f"## {title}\n", to_markdown(pub["table"], index=False), "", src]
         tex += [f"% {title}", to_latex(pub["table"], index=False), latex_text(src)]
-    write_table_files(out, name, md, tex, t["long"])
+    write_table_files(out, name, md, tex, t["long"], title=f"{name.capitalize()} table")

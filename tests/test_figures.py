@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -160,6 +161,86 @@ def test_probe_curves_and_rouge_plots(tables):
     assert len(bars) == 4 and all(c.errorbar is not None for c in bars)  # std over seeds as error bars
 
 
+def test_a_method_names_its_loss_terms_in_the_curve_figure(tables, tmp_path, monkeypatch):
+    """``Method.term_labels`` give the curve panels' titles over ``TERM_TITLES``; a term two methods label
+    differently shows both labels; ``dwakd figures`` reads them from the registry's specs."""
+    from dwakd import registry
+    from dwakd.cli import main
+    from dwakd.methods.sft import SFT
+
+    class LabelledSFT(SFT):
+        name = "labelled_sft"
+        term_labels = {"ce": "CE, in the method's words", "dtw_emb": "banded Soft-DTW on the embeddings"}
+
+    registry.available()
+    monkeypatch.setitem(registry._REGISTRY, LabelledSFT.name, LabelledSFT)
+    labels = registry.term_labels()
+    assert labels["ce"] == "CE, in the method's words"
+    assert registry.specs()["labelled_sft"]["term_labels"] == LabelledSFT.term_labels
+    fig = F.plot_train_curves(F.read_table(tables / "train_curves.csv"), labels=labels)
+    titles = [ax.get_title() for ax in fig.axes if ax.lines]
+    assert titles == ["total loss (loss)", "CE, in the method's words (ce)", "banded Soft-DTW on the embeddings "
+                                                                             "(dtw_emb)"]
+    assert [ax.get_title() for ax in F.plot_train_curves(F.read_table(tables / "train_curves.csv")).axes
+            if ax.lines][1] == "CE on the gold response (ce)"  # without labels: TERM_TITLES
+    assert registry.merge_term_labels({"b": {"kd": "Y"}, "a": {"kd": "X"}, "c": {"kd": "X", "ga": "Z"}}) == {
+        "kd": "X / Y", "ga": "Z"}
+    # the CLI: the labels of the specs (here with the labelled method in them) reach the figure's titles
+    drawn = {}
+
+    def plot(df, labels=None, **kw):
+        drawn["labels"] = labels
+        return F.placeholder("curves", "-")
+
+    monkeypatch.setattr(C, "method_specs", lambda *a, **k: registry.specs())
+    monkeypatch.setattr(F, "plot_train_curves", plot)
+    assert main(["figures", "--tables", str(tables), "--out", str(tmp_path / "fig")]) == 0
+    assert drawn["labels"]["dtw_emb"] == "banded Soft-DTW on the embeddings"
+
+
+def _main_rows(methods: list[tuple[str, str]], means: list[float], sets=(("dolly", "Dolly"), ("sni", "S-NI"))):
+    return pd.DataFrame([(r, t, s, st, "rougeL", m, 0.0 if r == "copy" else 0.5, 1 if r == "copy" else 2, 6)
+                         for (r, t), m in zip(methods, means) for s, st in [*sets, ("avg", "Avg")]],
+                        columns=["run", "method", "set", "set_title", "metric", "mean", "std", "n_seeds",
+                                 "n_samples"])
+
+
+def test_rouge_copy_floor_is_a_labelled_reference_line_not_a_bar_and_does_not_set_the_scale(tmp_path):
+    runs = [("copy", "Copy instruction+input"), ("teacher", "Teacher"), ("sft", "SFT"), ("dwakd", "DWA-KD")]
+    fig = F.plot_rouge(_main_rows(runs, [40.0, 6.0, 4.0, 5.0]))
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [c.get_label() for c in bars] == ["Teacher", "SFT", "DWA-KD"]  # no bar for the floor
+    assert len(ax.patches) == 3 * 3
+    floor = [c for c in ax.collections if c.get_label() == "Copy instruction+input (floor, reference line)"]
+    assert len(floor) == 1 and floor[0].get_linestyle()[0][1] is not None  # dashed
+    assert ax.get_ylim()[1] < 10  # scaled to the methods' bars (6.5 with the error bar), not to the floor's 40
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["copy 40.0 ↑ off scale"] * 3
+    assert "Copy instruction+input (floor, reference line)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    # a floor inside the methods' range is drawn at its value
+    fig = F.plot_rouge(_main_rows(runs, [3.0, 6.0, 4.0, 5.0]))
+    ax = fig.axes[0]
+    segs = [c for c in ax.collections if "floor" in c.get_label()][0].get_segments()
+    assert [s[0][1] for s in segs] == [3.0] and [t.get_text() for t in ax.texts] == ["copy 3.0"] * 3
+    F.save(fig, tmp_path, "rouge")  # draws
+
+
+def test_rouge_and_curves_give_twelve_methods_twelve_distinct_colours():
+    runs = [(f"m{k}", f"Method {k}") for k in range(12)]
+    fig = F.plot_rouge(_main_rows(runs, [10.0 + k for k in range(12)]))
+    bars = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
+    colours = {tuple(np.round(c.patches[0].get_facecolor(), 4)) for c in bars}
+    assert len(bars) == 12 and len(colours) == 12
+    for n in (5, 10, 12, 20, 33, 60, 75):
+        assert len({tuple(np.round(c[:3], 4)) for c in F.method_colors(n)}) == n, n
+    assert F.method_colors(10) == F.method_colors(12)[:10]  # the first ten keep tab10's hues
+    curves = pd.DataFrame([(r, t, s, "loss", 1.0 / s) for r, t in runs for s in (1, 2)],
+                          columns=["run", "method", "step", "term", "value"])
+    lines = F.plot_train_curves(curves).axes[0].lines
+    assert len({tuple(np.round(matplotlib.colors.to_rgba(ln.get_color()), 4)) for ln in lines}) == 12
+
+
 def test_write_figures_writes_png_and_pdf_and_placeholders(tables, tmp_path):
     out = tmp_path / "figures"
     written = F.write_figures(tables, out, attention_figures=3)
@@ -239,8 +320,8 @@ def test_every_profile_figures_section_builds_and_picks_the_runs_with_cross_mode
 
 
 @pytest.mark.parametrize("over, message", [
-    ({"samples": 0}, "profiles.mini.figures.samples: 0 is less than the minimum of 1"),
-    ({"colour": "red"}, "Additional properties are not allowed ('colour' was unexpected)"),
+    ({"samples": 0}, "profiles.mini.figures.samples: expected a value >= 1, got 0"),
+    ({"colour": "red"}, "profiles.mini.figures.colour: unknown key; expected one of: max_tokens, "),
     ({"set": "unni"}, "profiles.mini.figures.set: 'unni' is not one of eval.sets"),
     ({"min_tokens": 50}, "profiles.mini.figures.min_tokens: 50 is larger than max_tokens (40)"),
 ])

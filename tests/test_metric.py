@@ -54,3 +54,28 @@ def test_bits_per_byte_uniform_model_is_log2_vocab_over_bytes(tiny_pair):
     n_tok = len(tok("hello world", add_special_tokens=False)["input_ids"]) + 1  # + EOS
     expected = n_tok * math.log2(len(tok)) / len("hello world".encode())
     assert bits_per_byte(model, tok, [rec]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluate_model_stores_each_prompts_bits_and_bytes_whose_ratio_is_the_bpb(tiny_pair):
+    """``bpb_samples``: per prompt (in the order of ``ids``) the response bits and bytes; Σ bits / Σ bytes is the
+    summary's bpb and ``bits_per_byte``'s (the significance table resamples these prompts)."""
+    import math
+
+    from dwakd.evaluate import GenConfig, evaluate_model, response_nll_bytes
+    from dwakd.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_pair / "student_base")
+    model = load_model(tiny_pair / "student_base")
+    recs = [{"id": f"r{i}", "prompt": f"Question {i}:", "output": [o]}
+            for i, o in enumerate(["hello world", "a longer answer with more bytes", "café"])]
+    res = evaluate_model(model, tok, recs, GenConfig(seeds=[10], max_new_tokens=4, batch_size=2))
+    smp = res["bpb_samples"]
+    assert res["ids"] == ["r0", "r1", "r2"] and len(smp["bits"]) == len(smp["bytes"]) == 3
+    assert smp["bytes"] == [11, 31, 5]  # UTF-8 bytes of each gold response ("é" is 2)
+    n, b = response_nll_bytes(model, tok, recs[1]["prompt"], recs[1]["output"][0], 256)
+    assert smp["bits"][1] == pytest.approx(n / math.log(2)) and smp["bytes"][1] == b
+    assert res["summary"]["bpb"] == pytest.approx(sum(smp["bits"]) / sum(smp["bytes"]))
+    assert res["summary"]["bpb"] == pytest.approx(bits_per_byte(model, tok, recs), rel=1e-9)
+    assert "bpb_samples" not in evaluate_model(model, tok, recs[:1], GenConfig(seeds=[10], max_new_tokens=2),
+                                               with_bpb=False)
+    assert "bpb_samples" not in evaluate_copy(recs)  # the floor has no bpb

@@ -13,6 +13,8 @@ import yaml
 from dwakd.cli import main
 from dwakd.efficiency import curves_frame, efficiency_frame, read_train_log
 from dwakd.errors import DataError
+from dwakd.report import markdown_html
+from dwakd.stats import mdd_factor
 
 N = 6  # prompts per set
 PATTERN = [((7 * i) % 11) - 5.0 for i in range(N)]  # per-prompt difficulty shared by every run
@@ -213,9 +215,10 @@ def test_significance_table_against_sft_and_dskd_cma(evals):
     assert main(["significance", "--config", "config/config.yaml", "--config", str(cfg), "--eval-dir",
                  str(root / "eval"), "--out", str(root / "tables")]) == 0
     csv = pd.read_csv(root / "tables" / "significance.csv")
-    assert list(csv.columns) == ["run", "method", "baseline", "baseline_method", "set", "set_title", "mean_diff",
-                                 "ci_low", "ci_high", "p_value", "significant", "n_prompts", "n_seeds",
-                                 "n_seeds_baseline", "resamples", "ci"]
+    assert list(csv.columns) == ["run", "method", "baseline", "baseline_method", "metric", "set", "set_title",
+                                 "mean_diff", "ci_low", "ci_high", "p_value", "significant", "se", "mdd",
+                                 "n_prompts", "n_seeds", "n_seeds_baseline", "resamples", "ci"]
+    assert set(csv.metric) == {"rougeL"}  # these eval JSONs hold no per-prompt bits: no bpb comparison
     # the teacher and every run of both tables (main, then the ablation's), against each baseline but itself
     assert list(dict.fromkeys(csv[csv.baseline == "sft"].run)) == ["teacher", "dskd_cma", "abl_b", "abl_a"]
     assert list(dict.fromkeys(csv[csv.baseline == "dskd_cma"].run)) == ["teacher", "sft", "abl_b", "abl_a"]
@@ -228,10 +231,19 @@ def test_significance_table_against_sft_and_dskd_cma(evals):
     b = x.loc["abl_b", "dskd_cma", "sni"]  # 2 ∓ 1 per prompt: the resample means lie in [1, 3]
     assert 1.0 <= b.ci_low < 2.0 < b.ci_high <= 3.0 and b.significant
     assert x.loc["teacher", "sft", "avg"].n_prompts == 2 * N and (csv.resamples == 10_000).all()
+    assert t.se == 0.0 and t.mdd == 0.0  # no spread of the difference: any difference is detectable
+    assert x.loc["dskd_cma", "sft", "dolly"].mdd == pytest.approx(mdd_factor(0.95) * x.loc["dskd_cma", "sft",
+                                                                                             "dolly"].se)
     md = (root / "tables" / "significance.md").read_text()
-    assert "## Difference from SFT" in md and "## Difference from DSKD-CMA" in md
+    assert "## ROUGE-L (higher is better): difference from SFT" in md
+    assert "## ROUGE-L (higher is better): difference from DSKD-CMA" in md
     assert "+5.00 [+5.00, +5.00], p < 0.0002" in md
+    assert "Minimum detectable difference (ROUGE-L, median over the 4 runs compared" in md and "2.80 × SE" in md
+    assert "Bits per byte not compared for Teacher, SFT, DSKD-CMA, w/ B, w/ A" in md
     assert (root / "tables" / "significance.tex").exists()
+    page = (root / "tables" / "significance.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table>") == 2
+    assert "<td class='num'>+5.00 [+5.00, +5.00], p &lt; 0.0002</td>" in page
 
 
 def test_bootstrap_settings_come_from_the_config_and_are_validated(evals, tmp_path, capsys):
@@ -247,6 +259,112 @@ def test_bootstrap_settings_come_from_the_config_and_are_validated(evals, tmp_pa
     assert main(["significance", "--config", "config/config.yaml", "--set", "report.baselines=[sft, ghost]",
                  "--eval-dir", str(root / "eval"), "--out", str(tmp_path / "t")]) == 2
     assert "report.baselines: 'ghost' is not in methods" in capsys.readouterr().err
+
+
+BYTES = [40 + 7 * i for i in range(N)]  # each prompt's gold response bytes
+
+
+def _add_bpb(root, sets, shifts: dict[str, list[float]]):
+    """Per-prompt bits (``bpb_samples``) for the runs of ``shifts``: 2 bits per byte + PATTERN + the run's shift."""
+    for run, shift in shifts.items():
+        for s in sets:
+            f = root / "eval" / run / f"{s}.json"
+            d = json.loads(f.read_text())
+            bits = [2.0 * b + p + x for b, p, x in zip(BYTES, PATTERN, shift)]
+            d["bpb_samples"] = {"bits": bits, "bytes": BYTES}
+            d["summary"]["bpb"] = sum(bits) / sum(BYTES)
+            f.write_text(json.dumps(d))
+
+
+def test_bits_per_byte_is_compared_per_prompt_with_the_sign_of_method_minus_baseline(evals):
+    root, cfg = evals
+    sets = ["dolly", "sni"]
+    # the teacher: 3 bits fewer on every prompt than SFT (better); DSKD-CMA: ±1 bit per prompt (mean 0);
+    # w/ A and w/ B: eval JSONs without per-prompt bits (written before they were stored)
+    _add_bpb(root, sets, {"teacher": [-3.0] * N, "sft": [0.0] * N, "dskd_cma": ALTERNATING})
+    assert main(["significance", "--config", "config/config.yaml", "--config", str(cfg), "--eval-dir",
+                 str(root / "eval"), "--out", str(root / "tables")]) == 0
+    csv = pd.read_csv(root / "tables" / "significance.csv")
+    bpb = csv[csv.metric == "bpb"].set_index(["run", "baseline", "set"])
+    assert list(dict.fromkeys(csv.metric)) == ["rougeL", "bpb"]
+    assert set(bpb.index.get_level_values("run")) == {"teacher", "sft", "dskd_cma"}  # not w/ A, w/ B
+    t = bpb.loc["teacher", "sft", "dolly"]
+    assert t.mean_diff == pytest.approx(-3.0 * N / sum(BYTES))  # method − baseline: negative = fewer bits
+    assert t.ci_low <= t.mean_diff <= t.ci_high < 0 and t.significant and t.p_value == 0.0
+    assert bpb.loc["teacher", "sft", "avg"].mean_diff == pytest.approx(-3.0 * N / sum(BYTES))
+    assert bpb.loc["teacher", "dskd_cma", "avg"].mean_diff == pytest.approx(-3.0 * N / sum(BYTES))
+    c = bpb.loc["dskd_cma", "sft", "sni"]
+    assert c.mean_diff == pytest.approx(0.0, abs=1e-12) and c.ci_low < 0 < c.ci_high and not c.significant
+    assert c.se > 0 and c.mdd == pytest.approx(mdd_factor(0.95) * c.se) and c.n_seeds == 1
+    # the same prompts resampled for ROUGE-L and bpb: the ROUGE-L rows are unchanged by the bpb ones
+    assert csv[csv.metric == "rougeL"].shape[0] == 2 * 4 * 3
+    md = (root / "tables" / "significance.md").read_text()
+    assert "## Bits per byte (lower is better): difference from SFT" in md
+    teacher = next(ln for ln in md.split("## ")[3].splitlines() if ln.startswith("| Teacher"))
+    assert teacher.split("|")[2].strip().startswith("-0.0522 [") and "p < 0.0002" in teacher  # 3 · 6 / 345 bytes
+    assert "Minimum detectable difference (bits per byte, median over the 2 runs compared" in md
+    assert "Bits per byte not compared for w/ B, w/ A" in md and "a negative difference favours the method" in md
+    # the main table marks the bpb cells too: DSKD-CMA is not significantly different from SFT (and vice versa)
+    assert _report(root, cfg) == 0
+    main_md = (root / "tables" / "main.md").read_text()
+    rows = _rows(main_md, 1)
+    assert all(c.endswith("°") for c in rows["DSKD-CMA"]) and all(c.endswith("†") for c in rows["SFT"])
+    assert not any(c.endswith(("°", "†")) for c in rows["Teacher"]) and rows["Copy instruction+input"][0] == "–"
+    assert "Σ bits / Σ bytes of each run recomputed on every resample" in main_md.split("## ")[2]
+
+
+_REPORT_ITEMS = """
+import json, sys, tempfile
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+with SnakemakeApi(OutputSettings()) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(), config_settings=ConfigSettings(config={"profile": "tiny"}),
+                      storage_settings=StorageSettings(), snakefile=Path(sys.argv[1]),
+                      workdir=Path(tempfile.mkdtemp()))
+    items = {}
+    for name in ("report", "significance", "efficiency"):
+        for o in wf._workflow.get_rule(name).output:
+            r = o.flags.get("report")
+            if r is not None:
+                items[str(o)] = {"rule": name, "category": r.category, "labels": r.labels}
+print("ITEMS " + json.dumps(items))
+"""
+
+
+def test_the_report_rules_put_every_table_in_the_snakemake_report_as_an_html_page(tmp_path):
+    """``snakemake --report`` shows an HTML result in the page (a CSV result is only a download): each table's
+    rule marks its ``.html`` output for the report, beside the long-format CSV."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", _REPORT_ITEMS, str(root / "Snakefile")], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    items = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("ITEMS "))[6:])
+    tables = "results/tiny/tables"
+    html = {k: v for k, v in items.items() if k.endswith(".html")}
+    assert sorted(html) == sorted([f"{tables}/{{table,main|ablation}}.html", f"{tables}/significance.html",
+                                   f"{tables}/efficiency.html"])
+    assert all(v["category"] == "Tables" and v["labels"]["file"] == "HTML table" for v in html.values())
+    assert items[f"{tables}/significance.csv"]["labels"] == {"table": "significance", "file": "long format (CSV)"}
+
+
+def test_html_tables_are_pages_of_the_markdown(evals):
+    root, cfg = evals
+    assert _report(root, cfg) == 0
+    page = (root / "tables" / "main.html").read_text()
+    assert page.count("<table>") == 2 and "<h1>Main table</h1>" in page
+    assert "<h2>ROUGE-L F1 (×100, higher is better; mean ± std over generation seeds)</h2>" in page
+    assert "<td>Copy instruction+input</td><td class='num'>20.00</td>" in page
+    assert "<p>° not significantly different from SFT" in page
+    md = ["## A <b>\n", "| Method   | x   |\n|:---------|:----|\n| a&b      | -1  |\n| c        | –   |", "", "note"]
+    html = markdown_html(md, "T")
+    assert "<h2>A &lt;b&gt;</h2>" in html and "<td>a&amp;b</td><td class='num'>-1</td>" in html
+    assert "<td>c</td><td class='num'>–</td>" in html and "<p>note</p>" in html and ":---" not in html
+    assert "<th>Method</th><th>x</th>" in html
 
 
 # ------------------------------------------------------------------------------------ efficiency

@@ -98,3 +98,72 @@ def test_results_are_reproducible_and_do_not_depend_on_the_chunk_size(monkeypatc
     assert not a.equals(paired_bootstrap({"dolly": d}, resamples=1000, seed=12))
     monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 7 * 50)  # 7 resamples per chunk
     assert a.equals(paired_bootstrap({"dolly": d}, resamples=1000, seed=11))
+
+
+# ------------------------------------------------------------------------------------ bits per byte, mdd
+
+
+def _bpb_result(bits: list[float], nbytes: list[int], ids=None) -> dict:
+    return {"ids": ids or [f"p{i}" for i in range(len(bits))], "bpb_samples": {"bits": bits, "bytes": nbytes}}
+
+
+def test_bpb_better_on_every_prompt_by_fixed_bits_is_significant_and_negative_identical_is_not():
+    rng = np.random.default_rng(2)
+    nbytes = list(rng.integers(20, 200, 80))
+    base = list(2.0 * np.array(nbytes) + rng.normal(0, 30, 80))
+    better = [b - 4.0 for b in base]  # 4 bits fewer on every prompt: lower bits per byte
+    pair = stats.paired_bpb(_bpb_result(better, nbytes), _bpb_result(base, nbytes), "m.json", "b.json")
+    assert pair.observed() == pytest.approx(-4.0 * 80 / sum(nbytes))
+    out = paired_bootstrap({"dolly": pair, "sni": pair}, resamples=2000, seed=3)
+    for s in ("dolly", "sni", "avg"):
+        x = out.loc[s]
+        assert x.mean_diff == pytest.approx(-4.0 * 80 / sum(nbytes))  # method − baseline: negative
+        assert x.ci_low <= x.mean_diff <= x.ci_high < 0 and x.significant and x.p_value == 0.0
+    same = stats.paired_bpb(_bpb_result(base, nbytes), _bpb_result(base, nbytes), "a.json", "b.json")
+    x = paired_bootstrap({"dolly": same}, resamples=500).loc["dolly"]
+    assert x.mean_diff == 0.0 and x.ci_low == x.ci_high == 0.0 and x.p_value == 1.0 and not x.significant
+    # per-prompt noise with mean 0 (same bytes): the interval straddles 0
+    noisy = stats.paired_bpb(_bpb_result([b + (3.0 if i % 2 else -3.0) for i, b in enumerate(base)], nbytes),
+                             _bpb_result(base, nbytes), "n.json", "b.json")
+    x = paired_bootstrap({"dolly": noisy}, resamples=2000).loc["dolly"]
+    assert x.ci_low < 0 < x.ci_high and not x.significant
+
+
+def test_bpb_resamples_the_same_prompts_as_rouge_and_reduces_to_it_with_one_byte_per_prompt():
+    rng = np.random.default_rng(4)
+    x_m, x_b = rng.normal(3, 2, 30), rng.normal(2, 2, 30)
+    ones = np.ones(30)
+    ratio = paired_bootstrap({"dolly": stats.RatioPair(x_m, ones, x_b, ones)}, resamples=1000, seed=9)
+    mean = paired_bootstrap({"dolly": x_m - x_b}, resamples=1000, seed=9)
+    for col in ("mean_diff", "ci_low", "ci_high", "p_value", "se", "mdd"):
+        assert ratio.loc["dolly", col] == pytest.approx(mean.loc["dolly", col], abs=1e-9), col
+
+
+def test_the_ratio_is_recomputed_per_resample_not_averaged_per_prompt():
+    # prompt 0: 100 bits / 100 bytes (1 bpb), prompt 1: 1 bit / 1 byte ... for the method; the baseline 0 bits
+    pair = stats.RatioPair(np.array([100.0, 3.0]), np.array([100.0, 1.0]), np.zeros(2), np.array([100.0, 1.0]))
+    assert pair.observed() == pytest.approx(103 / 101)  # not the mean of the per-prompt ratios (2.0)
+    b = stats.resample_ratio_differences(pair, 4000, set_rng(0, "x"))
+    assert set(np.round(b, 6)) == {1.0, 3.0, round(103 / 101, 6)}  # {0,0}, {1,1}, {0,1} drawn
+
+
+def test_minimum_detectable_difference_is_2_8_standard_errors():
+    assert stats.mdd_factor(0.95) == pytest.approx(1.959964 + 0.841621, abs=1e-5)
+    assert stats.mdd_factor(0.9) == pytest.approx(1.644854 + 0.841621, abs=1e-5)
+    d = np.random.default_rng(6).normal(0.0, 4.0, 400)
+    x = paired_bootstrap({"dolly": d}, resamples=4000, seed=1).loc["dolly"]
+    assert x.se == pytest.approx(d.std(ddof=1) / np.sqrt(400), rel=0.1)  # the bootstrap SE of a mean
+    assert x.mdd == pytest.approx(stats.mdd_factor(0.95) * x.se)
+    # a true shift of about one mdd is detected; a shift of a fifth of it is not
+    assert paired_bootstrap({"dolly": d - d.mean() + 1.2 * x.mdd}, resamples=2000).loc["dolly"].significant
+    assert not paired_bootstrap({"dolly": d - d.mean() + 0.2 * x.mdd}, resamples=2000).loc["dolly"].significant
+
+
+def test_missing_or_mismatched_bpb_samples_are_errors_naming_the_file():
+    with pytest.raises(DataError, match=r"copy\.json: no per-prompt bits per byte \(bpb_samples\)"):
+        stats.paired_bpb({"ids": ["a"]}, _bpb_result([1.0], [1]), "copy.json", "b.json")
+    with pytest.raises(DataError, match=r"m\.json: bpb_samples: 1 bits and 2 byte counts for 2 prompt ids"):
+        stats.paired_bpb({"ids": ["a", "b"], "bpb_samples": {"bits": [1.0], "bytes": [1, 2]}},
+                         _bpb_result([1.0, 2.0], [1, 2], ids=["a", "b"]), "m.json", "b.json")
+    with pytest.raises(DataError, match=r"m\.json: prompt ids do not match b\.json"):
+        stats.paired_bpb(_bpb_result([1.0], [1], ids=["a"]), _bpb_result([1.0], [1], ids=["z"]), "m.json", "b.json")

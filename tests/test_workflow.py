@@ -64,7 +64,7 @@ def test_seqkd_trains_on_the_teacher_samples_and_mined_reads_the_vocab_map(tmp_p
 
 def test_bad_config_key_fails_the_dry_run_naming_the_key(tmp_path):
     r = snakemake("-n", "-d", str(tmp_path), "--config", "profile=nope", check=False)
-    assert r.returncode != 0 and "profile: 'nope' is not defined" in r.stdout + r.stderr
+    assert r.returncode != 0 and "--config profile=nope: profile: unknown profile 'nope'" in r.stdout + r.stderr
     r = snakemake("-n", "-d", str(tmp_path), "--config", "rebuild_models=perhaps", check=False)
     assert r.returncode != 0 and "rebuild_models" in r.stdout + r.stderr
 
@@ -104,7 +104,8 @@ def test_tiny_profile_runs_end_to_end(tiny_run):
     assert (tables / "main.csv").exists() and (tables / "main.tex").exists()
     # the significance, training-cost and loss-curve tables (dwakd significance / efficiency)
     sig = (tables / "significance.csv").read_text()
-    assert "teacher,Teacher,sft,SFT,avg," in sig and "dwakd,DWA-KD,dskd_cma,DSKD-CMA,avg," in sig
+    assert "teacher,Teacher,sft,SFT,rougeL,avg," in sig and "dwakd,DWA-KD,dskd_cma,DSKD-CMA,rougeL,avg," in sig
+    assert "dwakd,DWA-KD,dskd_cma,DSKD-CMA,bpb,avg," in sig  # bits per byte per prompt (bpb_samples) too
     eff = (tables / "efficiency.md").read_text()
     assert all(f"| {m} " in eff for m in ("SFT", "DSKD-CMA", "DWA-KD", "w/ bDTW"))
     assert (tables / "train_curves.csv").read_text().startswith("run,method,step,term,value\n")
@@ -137,6 +138,7 @@ def test_snakemake_report_is_one_html_file_with_the_tables_and_figures(tiny_run,
     snakemake("-d", str(tiny_run), "--config", "profile=tiny", "--report", str(out))
     html = out.read_text(errors="replace")
     for name in ("main.csv", "ablation.csv", "significance.csv", "efficiency.csv", "train_curves.csv",
+                 "main.html", "ablation.html", "significance.html", "efficiency.html",  # shown in the page
                  "attention_1.png", "alignment_probe.png", "train_curves.png", "rougeL.png"):
         assert name in html, name
     assert "Cross-model attention" in html and "Token-alignment probe" in html  # the captions

@@ -1,5 +1,7 @@
 # Result tables: main / ablation (one job each), the significance table, the training-cost table and the
 # loss curves. Settings: `report:` in config/config.yaml; published numbers: config/published.yaml.
+# Each table is also an HTML page of its Markdown (`<table>.html`): the Snakemake report shows those in the
+# page (an HTML result opens in the report's view; a CSV result is only a download).
 
 _REPORT = config.get("report") or {}
 # the published numbers file (relative paths are from the repository root); [] when there is none
@@ -13,8 +15,10 @@ rule report:
         published=PUBLISHED,
     output:
         md=f"{P}/tables/{{table}}.md",
+        html=report(f"{P}/tables/{{table}}.html", caption="../report/table.rst", category="Tables",
+                    labels={"table": "{table}", "file": "HTML table"}),
         csv=report(f"{P}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables",
-                   labels={"table": "{table}"}),
+                   labels={"table": "{table}", "file": "long format (CSV)"}),
         tex=f"{P}/tables/{{table}}.tex",
     wildcard_constraints:
         table="|".join(TABLES),
@@ -41,8 +45,10 @@ rule significance:
         expand(f"{P}/eval/{{model}}/{{s}}.json", model=["teacher", *RUNS], s=EVAL_SETS, allow_missing=True),
     output:
         md=f"{P}/tables/significance.md",
+        html=report(f"{P}/tables/significance.html", caption="../report/significance.rst", category="Tables",
+                    labels={"table": "significance", "file": "HTML table"}),
         csv=report(f"{P}/tables/significance.csv", caption="../report/significance.rst", category="Tables",
-                   labels={"table": "significance"}),
+                   labels={"table": "significance", "file": "long format (CSV)"}),
         tex=f"{P}/tables/significance.tex",
     params:
         cfg=CFG,
@@ -67,11 +73,13 @@ rule efficiency:
         published=PUBLISHED,
     output:
         md=f"{P}/tables/efficiency.md",
+        html=report(f"{P}/tables/efficiency.html", caption="../report/efficiency.rst", category="Tables",
+                    labels={"table": "efficiency", "file": "HTML table"}),
         csv=report(f"{P}/tables/efficiency.csv", caption="../report/efficiency.rst", category="Tables",
-                   labels={"table": "efficiency"}),
+                   labels={"table": "efficiency", "file": "long format (CSV)"}),
         tex=f"{P}/tables/efficiency.tex",
         curves=report(f"{P}/tables/train_curves.csv", caption="../report/curves.rst", category="Tables",
-                      labels={"table": "training curves"}),
+                      labels={"table": "training curves", "file": "long format (CSV)"}),
     params:
         cfg=CFG,
         pair=pair_of,
