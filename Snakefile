@@ -1,7 +1,8 @@
 # dwakd workflow: data -> tokenizers -> teacher / student base -> per-pair inputs (teacher samples, vocabulary
 # map) -> distillation runs -> evaluation -> tables -> attention tables (trained runs) -> figures.
 # `snakemake --cores all` runs the profile named in config/config.yaml (`--config profile=NAME` for another).
-# The Snakefile reads YAML only (no torch), so a dry run costs no more than Snakemake's start-up.
+# The Snakefile reads YAML only (no torch), so a dry run costs no more than Snakemake's start-up; the methods'
+# options it checks the config against come from the registry once per code change (workflow/rules/common.smk).
 
 from pathlib import Path
 
@@ -29,7 +30,8 @@ include: "workflow/rules/figures.smk"
 rule all:
     default_target: True
     input:
-        expand(f"{P}/tables/{{table}}.{{ext}}", pair=PAIRS, table=list(TABLES), ext=["md", "csv", "tex"]),
+        expand(f"{P}/tables/{{table}}.{{ext}}", pair=PAIRS, table=list(TABLES), ext=["md", "csv", "tex", "html"]),
         expand(rules.figures.output, pair=PAIRS),
-        expand(f"{P}/tables/{{table}}.{{ext}}", pair=PAIRS, table=["significance", "efficiency"], ext=["md", "csv", "tex"]),
+        expand(f"{P}/tables/{{table}}.{{ext}}", pair=PAIRS, table=["significance", "efficiency"],
+               ext=["md", "csv", "tex", "html"]),
         expand(f"{P}/tables/train_curves.csv", pair=PAIRS),

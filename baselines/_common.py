@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from dwakd.errors import ConfigError
+from dwakd.errors import ChoiceError, ConfigError
 from dwakd.losses.divergences import DIVERGENCES, IGNORE
 
 ALTERNATIVES = "mined, uld, dskd_cma, dskd_eta or cma_ga"
@@ -107,8 +107,9 @@ def check_range(where: str, field: str, value: float, lo: float, hi: float | Non
 
 
 def check_choice(where: str, field: str, value: str, choices) -> None:
+    """``value`` one of ``choices``; the ChoiceError carries them, so that the dry run knows them too."""
     if value not in choices:
-        raise ConfigError(f"{where}.{field}: expected one of {sorted(choices)}, got {value!r}")
+        raise ChoiceError(f"{where}.{field}: expected one of {sorted(choices)}, got {value!r}", field, choices)
 
 
 def check_kd(cfg, where: str) -> None:

@@ -32,8 +32,9 @@ Variants (``variant``):
   weighted by ``kq_rate / n_s`` instead of ``kq_rate``: the public code adds the GA *mean* to token sums
   before dividing by the token count.
 
-  (METHODS.md reads the code's ``q.detach()`` as detaching the queries; the parity fixture
-  ``tests/fixtures/parity/dskd_kq`` shows the reference's query-projector gradient changes with the GA term.)
+  (Read as written, the code's ``q.detach()`` would detach the queries and leave P_query untouched; the parity
+  fixture ``tests/fixtures/parity/dskd_kq`` shows the reference's query-projector gradient changes with the GA
+  term. docs/methods.md "DSKD-CMA-GA" describes the code as it runs.)
 
 Logged terms (token-summed): DSKD-CMA's ``ce``, ``ce_t2s``, ``kd_stu``, ``kd_tea``, ``t2s_acc``, plus ``ga``.
 
@@ -60,7 +61,7 @@ VARIANTS = ("paper", "reference_code")
 
 @dataclass
 class CMAGAConfig:
-    """DSKD-CMA-GA options (METHODS.md "DSKD-CMA-GA")."""
+    """DSKD-CMA-GA options (docs/methods.md "DSKD-CMA-GA")."""
 
     kd_rate: float = 0.5  # α (paper: α = 0.5, as DSKD)
     temperature: float = 2.0  # τ (DSKD-CMA's KD_TEMP=2.0; the paper builds on its scripts)
@@ -70,7 +71,7 @@ class CMAGAConfig:
     disc_hidden: int = 768  # discriminator width (paper: 2d_t → 768 → 1)
     disc_dropout: float = 0.1  # dropout after the highway layer (paper: 0.1)
     leaky_slope: float = 0.1  # LeakyReLU negative slope (paper: 0.1)
-    variant: str = "paper"  # "paper" | "reference_code" (METHODS.md: the paper's intent is the default)
+    variant: str = "paper"  # "paper" | "reference_code" (the paper's intent is the default)
 
     def validate(self, where: str) -> None:
         check_kd(self, where)

@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=0, help="first N of each test set (0 = all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--score-teacher", action="store_true")
+    ap.add_argument("--save", help="keep each run's folder (model, train_log.jsonl) under SAVE/<run>")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -100,7 +101,8 @@ def main() -> None:
             teacher, ttok = load_pair_model(Path(a.teacher), spec["teacher"], "teacher", dev, "teacher")
         torch.manual_seed(tcfg.seed)
         method = cls(mcfg, student, teacher, stok, ttok)
-        with tempfile.TemporaryDirectory() as d:
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(a.save) / run if a.save else Path(tmp)
             t0 = time.time()
             Trainer(method, student, teacher, stok, ttok, tcfg, Path(d), None).fit(train)
             secs = time.time() - t0

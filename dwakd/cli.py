@@ -38,6 +38,12 @@ def _cfg(args) -> dict:
     return C.load(args.config or None, C.parse_set(args.set))
 
 
+def _located(args, e: Exception) -> C.ConfigError:
+    """A configuration error with the file (or ``--set``) its key comes from in front, as the dry run says it."""
+    overrides = {k: f"--set {k}={v}" for k, v in C.flatten(C.parse_set(args.set)).items()}
+    return C.ConfigError(C.locate(str(e), args.config or [C.DEFAULT_CONFIG], overrides, fallback=False))
+
+
 def _threads(n: int) -> None:
     if n:
         import torch
@@ -63,24 +69,16 @@ def cmd_data(args) -> None:
         fetch_unni(out / "unni.jsonl", repo_id=spec["hub"], filename=spec["hub_file"], revision=spec["revision"],
                    min_ref_words=spec.get("min_ref_words", 0), limit=spec.get("limit", 10_000),
                    cache_dir=Path(args.cache or out / "cache"), source=args.unni_source)
-        _limit_file(out / "unni.jsonl", prof["eval"].get("limit", 0))
-        return
+        return  # the whole selection, like the shipped sets: `dwakd eval` takes eval.limit / bpb_limit of it
     verify_checksums(SHIPPED_DATA)
     counts = {
         "train": prepare_set("train", ds["dolly_train"], out / "train.jsonl", prof.get("train_limit") or None),
         "dev": prepare_set("dev", ds["dolly_dev"], out / "dev.jsonl", prof.get("dev_limit") or None),
     }
-    for s in prof["eval"]["sets"]:
-        if s != "unni":
-            counts[s] = prepare_set(s, ds[s], out / f"{s}.jsonl", prof["eval"].get("limit") or None)
+    for s in prof["eval"]["sets"]:  # whole sets: `dwakd eval` samples the first eval.limit records for ROUGE-L
+        if s != "unni":               # and scores the first eval.bpb_limit for bits per byte (0 = all)
+            counts[s] = prepare_set(s, ds[s], out / f"{s}.jsonl", None)
     print(json.dumps(counts))
-
-
-def _limit_file(path: Path, limit: int) -> None:
-    from dwakd.data import write_jsonl
-
-    if limit:
-        write_jsonl(load_jsonl(path)[:limit], path)
 
 
 # ------------------------------------------------------------------------------ tokenizers
@@ -193,10 +191,12 @@ def cmd_pretrain(args) -> None:
 def build_run(cfg: dict, run: str, pair: str | None = None):
     """(method class, method config, train config) of a configured run on ``pair`` (default: the only one)."""
     from dwakd.methods.base import build_config
-    from dwakd.registry import get_method
+    from dwakd.registry import available, get_method
     from dwakd.train import TrainConfig
 
     spec = C.run_spec(cfg, run)
+    if spec["method"] not in available():
+        raise C.ConfigError(C.unknown_method(run, spec["method"], available()))
     cls = get_method(spec["method"])
     mcfg = build_config(cls.Config, spec.get("config"), f"methods.{run}.config")
     tcfg = build_config(TrainConfig, C.train_overrides(cfg, run, pair), f"methods.{run}.train")
@@ -209,7 +209,10 @@ def cmd_train(args) -> None:
     from dwakd.train import Trainer, process_state
 
     cfg = _cfg(args)
-    cls, mcfg, tcfg = build_run(cfg, args.run, args.pair)
+    try:
+        cls, mcfg, tcfg = build_run(cfg, args.run, args.pair)
+    except C.ConfigError as e:
+        raise _located(args, e) from None
     if args.vocab_map:
         if not any(f.name == "vocab_map" for f in dataclasses.fields(mcfg)):
             raise C.ConfigError(f"--vocab-map: run {args.run} (method {cls.name}) takes no vocabulary map")
@@ -341,7 +344,8 @@ def cmd_eval(args) -> None:
         raise C.ConfigError(f"dwakd eval: {len(args.data)} --data files but {len(args.out)} --out files; "
                             f"give one output per set")
     ev = C.profile(cfg)["eval"]
-    gover = {k: ev[k] for k in ("seeds", "max_new_tokens", "max_prompt_len", "batch_size") if k in ev}
+    gover = {k: ev[k] for k in ("seeds", "max_new_tokens", "max_prompt_len", "batch_size", "limit", "bpb_limit")
+             if k in ev}
     gcfg = build_config(GenConfig, gover, f"profiles.{cfg['profile']}.eval")
     _threads(C.profile(cfg)["train"].get("num_threads", 0))
     model = tok = None
@@ -351,15 +355,18 @@ def cmd_eval(args) -> None:
     for data, out in zip(args.data, args.out):
         records = load_jsonl(data)
         t0 = time.time()
-        result = evaluate_copy(records) if model is None else evaluate_model(model, tok, records, gcfg)
+        result = (evaluate_copy(records, gcfg.limit) if model is None  # the floor: the ROUGE-L records
+                  else evaluate_model(model, tok, records, gcfg))
         result["config"] = {"model": args.model, "data": data, "generation": dataclasses.asdict(gcfg),
                             "profile": cfg["profile"], "seconds": time.time() - t0}
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, ensure_ascii=False))
         s = result["summary"]
+        n_bpb = "" if s["bpb"] is None else f", bpb {len(result['bpb_ids'])}"
         print(f"{args.model} {Path(data).stem}: ROUGE-L {s['rougeL']['mean']:.2f} ± {s['rougeL']['std']:.2f}, "
-              f"bpb {s['bpb'] if s['bpb'] is None else round(s['bpb'], 4)} ({time.time() - t0:.1f}s)")
+              f"bpb {s['bpb'] if s['bpb'] is None else round(s['bpb'], 4)} ({len(result['ids'])} prompts{n_bpb}; "
+              f"{time.time() - t0:.1f}s)")
 
 
 # ---------------------------------------------------------------------------------- report
@@ -453,8 +460,12 @@ def cmd_attention(args) -> None:
 def cmd_figures(args) -> None:
     """Figures from ``<results_dir>/tables/*.csv`` only (dwakd/figures.py)."""
     from dwakd.figures import write_figures
+    from dwakd.registry import merge_term_labels
 
-    for f in write_figures(Path(args.tables), Path(args.out), attention_figures=args.attention_figures):
+    specs = C.method_specs() or {}  # the methods' loss-term labels, without importing torch here (cached)
+    labels = merge_term_labels({n: s.get("term_labels", {}) for n, s in specs.items()})
+    for f in write_figures(Path(args.tables), Path(args.out), attention_figures=args.attention_figures,
+                           term_labels=labels):
         print(f)
 
 

@@ -1,20 +1,31 @@
 """Load, validate and resolve config/config.yaml.
 
 The JSON schema (workflow/schemas/config.schema.yaml) rejects unknown keys and wrong types with the key's
-path; ``resolve`` then checks the cross-references (profile → pair, sets, runs) and returns the profile's
-view of the config that every CLI command and every Snakemake rule uses.
+path; ``check`` then checks the cross-references (profile → pair, sets, runs) and ``check_methods`` each run's
+method name and options against the registered methods' Config dataclasses. Every error is one line,
+``<key>: <what was expected>``; ``locate`` puts the file (or the ``--config`` / ``--set`` override) it comes
+from in front. The Snakefile runs the same checks (``check_all``) before it builds the DAG, so a dry run
+reports every configuration mistake; this module never imports torch (the registry is read through
+``method_specs``, in a subprocess, cached).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from dwakd.errors import ConfigError
+from dwakd.errors import ChoiceError, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -43,13 +54,45 @@ def parse_set(items: list[str]) -> dict:
     return over
 
 
-def validate(cfg: dict, source: str = "config") -> None:
+_KINDS = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "a boolean (true or false)",
+          "array": "a list", "object": "a mapping", "null": "null"}
+_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+
+
+def _schema_error(e: jsonschema.ValidationError) -> tuple[str, str]:
+    """``(key, what was expected)`` of a schema error, in words (jsonschema's own message as the fallback)."""
+    path = [str(p) for p in e.absolute_path]
+    v, val, got = e.validator, e.validator_value, e.instance
+    if v == "additionalProperties" and val is False and isinstance(got, dict):
+        known = sorted(e.schema.get("properties", {}))
+        extra = [str(k) for k in got if k not in known]
+        return ".".join(path + extra[:1]), f"unknown key; expected one of: {', '.join(known)}"
+    if v == "required" and isinstance(got, dict):
+        missing = [k for k in val if k not in got]
+        return ".".join(path + missing[:1]), "missing (a required key)"
+    if v == "type":
+        kinds = " or ".join(_KINDS.get(t, t) for t in (val if isinstance(val, list) else [val]))
+        msg = f"expected {kinds}, got {got!r}"
+    elif v == "enum":
+        msg = f"expected one of {val}, got {got!r}"
+    elif v in _BOUNDS:
+        msg = f"expected a value {_BOUNDS[v]} {val}, got {got!r}"
+    elif v in ("minItems", "maxItems"):
+        msg = f"expected {'at least' if v == 'minItems' else 'at most'} {val} item(s), got {got!r}"
+    elif v == "uniqueItems":
+        msg = f"expected no item twice, got {got!r}"
+    else:
+        msg = e.message
+    return ".".join(path) or "(top level)", msg
+
+
+def validate(cfg: dict, source: str | None = None) -> None:
+    """The schema's first error (by key) as ``[source: ]<key>: <what was expected>``."""
     schema = yaml.safe_load(SCHEMA.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.path))
     if errors:
-        e = errors[0]
-        key = ".".join(str(p) for p in e.path) or "(top level)"
-        raise ConfigError(f"{source}: {key}: {e.message}")
+        key, msg = _schema_error(errors[0])
+        raise ConfigError(f"{source}: {key}: {msg}" if source else f"{key}: {msg}")
 
 
 def load(paths: list[str | Path] | None = None, overrides: dict | None = None) -> dict:
@@ -61,16 +104,30 @@ def load(paths: list[str | Path] | None = None, overrides: dict | None = None) -
             raise ConfigError(f"{p}: config file not found")
         cfg = deep_merge(cfg, yaml.safe_load(p.read_text()) or {})
     cfg = deep_merge(cfg, overrides or {})
-    validate(cfg, ", ".join(map(str, paths)))
-    check(cfg)
+    try:
+        validate(cfg)
+        check(cfg)
+    except ConfigError as e:
+        raise ConfigError(locate(str(e), paths, {k: f"--set {k}={v}" for k, v in flatten(overrides or {}).items()})
+                          ) from None
     return cfg
+
+
+def check_all(cfg: dict, specs: dict | None) -> None:
+    """Every check of a configuration, in order: the schema, the cross-references, and (``specs``: the
+    registered methods' ``method_specs``; None: skipped) each run's method and options. Raises the first
+    error as ``<key>: <what was expected>``."""
+    validate(cfg)
+    check(cfg)
+    if specs is not None:
+        check_methods(cfg, specs)
 
 
 def check(cfg: dict) -> None:
     """Cross-references the schema cannot express."""
     name = cfg["profile"]
     if name not in cfg["profiles"]:
-        raise ConfigError(f"profile: {name!r} is not defined; profiles: {sorted(cfg['profiles'])}")
+        raise ConfigError(f"profile: unknown profile {name!r} (defined: {', '.join(sorted(cfg['profiles']))})")
     prof = cfg["profiles"][name]
     if ("pair" in prof) == ("pairs" in prof):
         raise ConfigError(f"profiles.{name}: give exactly one of `pair` (one pair; results in results_dir) or "
@@ -86,7 +143,184 @@ def check(cfg: dict) -> None:
         for r in runs:
             if r not in cfg["methods"]:
                 raise ConfigError(f"profiles.{name}.{key}_table: {r!r} is not in methods ({sorted(cfg['methods'])})")
+    fig = prof.get("figures") or {}
+    if fig.get("set", "dolly") not in prof["eval"]["sets"]:
+        raise ConfigError(f"profiles.{name}.figures.set: {fig.get('set', 'dolly')!r} is not one of eval.sets "
+                          f"{prof['eval']['sets']}")
+    for r in fig.get("runs") or []:
+        if r not in cfg["methods"]:
+            raise ConfigError(f"profiles.{name}.figures.runs: {r!r} is not in methods ({sorted(cfg['methods'])})")
+    for b in (cfg.get("report") or {}).get("baselines") or []:
+        if b not in cfg["methods"]:
+            raise ConfigError(f"report.baselines: {b!r} is not in methods ({sorted(cfg['methods'])})")
     check_shared_teachers(cfg, profile_pairs(prof))
+
+
+# ------------------------------------------------------------------------------------ method options
+
+#: the option types checked by name (a field whose default is None, missing or of another type is not checked)
+OPTION_TYPES = {t.__name__: t for t in (bool, int, float, str, list, dict, tuple)}
+_PROBE = "\x00not-a-choice"
+
+
+def option_fields(cls: type) -> dict[str, dict]:
+    """The options of the dataclass ``cls``: name → ``{"type": the default's type name (None: unchecked),
+    "choices": the fixed set of values its ``validate`` accepts (None: any)}``. The choices are those of the
+    ``ChoiceError`` (``baselines._common.check_choice``) that ``validate`` raises for a value no set holds."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        default = None if f.default is dataclasses.MISSING else f.default
+        choices = None
+        if isinstance(default, str) and hasattr(cls, "validate"):
+            try:
+                cls(**{f.name: _PROBE}).validate("")
+            except ChoiceError as e:
+                choices = list(e.choices) if e.field == f.name else None
+            except Exception:  # noqa: BLE001 (not a fixed set, or not constructible with defaults alone)
+                pass
+        tname = type(default).__name__ if default is not None else None
+        out[f.name] = {"type": tname, "choices": choices}
+    return out
+
+
+def check_options(where: str, overrides: dict | None, options: dict[str, dict], accepts: str) -> None:
+    """``overrides`` of a Config dataclass (``options``: its ``option_fields``; ``accepts``: its name) has only
+    known options, of the default's type (an int where a float is expected), within the field's choices."""
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(options))
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), list(options), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: unknown option(s) {unknown}{hint}; {accepts} accepts {sorted(options)}")
+    for k, v in overrides.items():
+        t = OPTION_TYPES.get(options[k]["type"])
+        if t is not None and v is not None:
+            if not (isinstance(v, t) or (t is float and isinstance(v, int) and not isinstance(v, bool))):
+                raise ConfigError(f"{where}.{k}: expected {t.__name__}, got {v!r}")
+        choices = options[k]["choices"]
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{where}.{k}: expected one of {sorted(choices)}, got {v!r}")
+
+
+def unknown_method(run: str, name: str, registered: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), registered, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"methods.{run}.method: unknown method {name!r}{hint} (registered: {', '.join(sorted(registered))})"
+
+
+def check_methods(cfg: dict, specs: dict) -> None:
+    """Every run of ``methods``: a registered method (``specs``: ``method_specs()``) and options its Config
+    dataclass accepts (names, types, fixed choices)."""
+    for run, spec in cfg["methods"].items():
+        if spec["method"] not in specs:
+            raise ConfigError(unknown_method(run, spec["method"], list(specs)))
+        m = specs[spec["method"]]
+        check_options(f"methods.{run}.config", spec.get("config"), m["options"], m["config"])
+
+
+def _source_files() -> list[Path]:
+    """The modules the registry discovers (a new one changes the registry)."""
+    return sorted(p for d in (ROOT / "dwakd" / "methods", ROOT / "baselines") for p in d.glob("*.py"))
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fresh(files: dict[str, str]) -> bool:
+    try:
+        return ({str(p.relative_to(ROOT)) for p in _source_files()} <= set(files)
+                and all(_sha(ROOT / f) == h for f, h in files.items()))
+    except OSError:
+        return False
+
+
+SPEC_CACHE = ROOT / ".snakemake" / "dwakd" / "methods.json"
+
+
+def method_specs(cache: Path | None = SPEC_CACHE) -> dict | None:
+    """``dwakd.registry.specs()`` (each registered method's Config options, training data and loss-term labels)
+    without importing torch here: read from the registry in a subprocess and kept in ``cache`` until one of the
+    project's source files that it imported (or the list of method modules) changes, so only the first dry
+    run after a code change pays for the import. None, with a note on stderr, where the registry cannot be
+    imported (an environment without torch: ``dwakd train`` still checks the options)."""
+    if cache is not None and cache.exists():
+        try:
+            data = json.loads(cache.read_text())
+            if _fresh(data["files"]):
+                return data["methods"]
+        except (ValueError, KeyError, OSError):
+            pass
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    r = subprocess.run([sys.executable, "-m", "dwakd.registry"], cwd=ROOT, env=env, capture_output=True, text=True)
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        why = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"note: method options not checked (the method registry did not import: {why}); "
+              f"`dwakd train` checks them", file=sys.stderr)
+        return None
+    data = json.loads(lines[-1])
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(cache)
+        except OSError:
+            pass
+    return data["methods"]
+
+
+# ------------------------------------------------------------------------------------ where an error comes from
+
+def flatten(over: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (the keys of the leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in over.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) and v else {key: v})
+    return out
+
+
+def _has(node: Any, key: str) -> bool:
+    """Whether the dotted ``key`` names something in ``node`` (names with dots, like pair names, included)."""
+    if not key:
+        return True
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for k, v in items:
+        k = str(k)
+        if key == k or (key.startswith(k + ".") and _has(v, key[len(k) + 1:])):
+            return True
+    return False
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def locate(message: str, files: list, overrides: dict[str, str] | None = None, fallback: bool = True) -> str:
+    """``message`` (``<key>: ...``) with the source of ``key`` in front: the override that set it (``overrides``:
+    dotted key → how it was given, e.g. ``--config profile=nope``), else the last of ``files`` (merged in that
+    order) that holds it or its nearest parent, else (``fallback``) the first file."""
+    key = message.split(": ", 1)[0]
+    for okey, shown in (overrides or {}).items():
+        if key == okey or key.startswith(okey + ".") or okey.startswith(key + "."):
+            return f"{shown}: {message}"
+    data = []
+    for f in files:
+        try:
+            data.append((f, yaml.safe_load(Path(f).read_text()) or {}))
+        except (OSError, yaml.YAMLError):
+            pass
+    while key:
+        for f, d in reversed(data):
+            if _has(d, key):
+                return f"{_shown(f)}: {message}"
+        key = key.rsplit(".", 1)[0] if "." in key else ""
+    return f"{_shown(files[0])}: {message}" if fallback and files else message
 
 
 def check_shared_teachers(cfg: dict, pairs: list[str]) -> None:

@@ -6,6 +6,8 @@
 * ROUGE-L: Google ``rouge_score`` F1 with stemming, max over the references, × 100.
 * Bits per byte: the response's negative log-likelihood under teacher forcing (EOS included) divided by
   ``ln 2 ×`` its UTF-8 byte count. It does not depend on the tokenizer, so teacher and students compare.
+  One forward pass per length-sorted, right-padded batch: cheap, so it covers the whole set
+  (``GenConfig.bpb_limit``, default 0 = all) while sampling covers the first ``GenConfig.limit`` prompts.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class GenConfig:
     batch_size: int = 32
     seeds: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50])
     max_len: int = 0  # > 0: prompt + new tokens ≤ max_len (per batch: the longest prompt of the batch counts)
+    # ``evaluate_model``: sampled ROUGE-L on the first ``limit`` records of a set, bits per byte (cheap: one
+    # teacher-forced pass) on the first ``bpb_limit``; 0 = all (profiles' eval.limit, eval.bpb_limit)
+    limit: int = 0
+    bpb_limit: int = 0
 
 
 def _prompt_ids(tokenizer, prompts: list[str], cfg: GenConfig) -> tuple[list[list[int]], list[list[int]]]:
@@ -124,11 +130,11 @@ def generate_shard(model, tokenizer, prompts: list[str], cfg: GenConfig, seed: i
     return out
 
 
-@torch.no_grad()
-def response_nll_bytes(model, tokenizer, prompt: str, response: str, max_prompt_len: int = 256,
-                       max_len: int = 1024) -> tuple[float, int]:
-    """(NLL in nats of the response tokens + EOS, UTF-8 bytes of the response part that was scored)."""
-    device = next(model.parameters()).device
+def _scored_tokens(tokenizer, prompt: str, response: str, max_prompt_len: int,
+                   max_len: int) -> tuple[list[int], list[int], int]:
+    """``(prompt ids, scored response ids, UTF-8 bytes of the scored response part)``: the prompt cut to its
+    first ``max_prompt_len`` tokens, the response tokens + EOS cut so that the whole is at most ``max_len``
+    (a cut response counts only the bytes of the tokens kept)."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"][:max_prompt_len]
     enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
     o = enc["input_ids"] + [tokenizer.eos_token_id]
@@ -139,25 +145,73 @@ def response_nll_bytes(model, tokenizer, prompt: str, response: str, max_prompt_
         n_bytes = len(response[:end].encode("utf-8"))
     else:
         n_bytes = len(response.encode("utf-8"))
+    return p, o, n_bytes
+
+
+@torch.no_grad()
+def response_nll_bytes(model, tokenizer, prompt: str, response: str, max_prompt_len: int = 256,
+                       max_len: int = 1024) -> tuple[float, int]:
+    """(NLL in nats of the response tokens + EOS, UTF-8 bytes of the response part that was scored); one
+    forward pass for one record (``response_bits_bytes`` batches the same computation)."""
+    device = next(model.parameters()).device
+    p, o, n_bytes = _scored_tokens(tokenizer, prompt, response, max_prompt_len, max_len)
     ids = torch.tensor([p + o], device=device)
     labels = torch.tensor([[-100] * len(p) + o], device=device)
     logits = model(input_ids=ids).logits
     return float(token_nll(logits, labels)[0]), n_bytes
 
 
-def response_bits_bytes(model, tokenizer, records: list[dict], max_prompt_len: int = 256) -> dict:
+def _length_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Record numbers sorted by length (ties: file order) cut into batches of at most ``batch_size`` records
+    whose padded size (records × longest length) stays within ``max_tokens`` (0: no cap; a longer record
+    alone still makes a batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:  # ascending: the new record is the batch's longest
+        b = batches[-1] if batches else None
+        if b is None or len(b) >= batch_size or (max_tokens and (len(b) + 1) * lengths[i] > max_tokens):
+            batches.append([i])
+        else:
+            b.append(i)
+    return batches
+
+
+@torch.no_grad()
+def response_bits_bytes(model, tokenizer, records: list[dict], max_prompt_len: int = 256, max_len: int = 1024,
+                        batch_size: int = 32, max_tokens: int = 32768) -> dict:
     """Per prompt (first reference), in the order of ``records``: ``{"bits": [NLL / ln 2 of the response
     tokens + EOS], "bytes": [UTF-8 bytes scored]}``. The set's bits per byte is Σ bits / Σ bytes
-    (``bpb_of``); ``dwakd.stats`` resamples prompts and recomputes that ratio."""
+    (``bpb_of``); ``dwakd.stats`` resamples prompts and recomputes that ratio.
+
+    The tokens and bytes are ``response_nll_bytes``' (same cuts); the records are sorted by length and
+    right-padded into batches of ``batch_size`` (at most ``max_tokens`` padded positions each, which bounds
+    the logits' memory), one forward pass per batch with an attention mask, so the padding does not change a
+    record's numbers (a causal model: real positions see no later position)."""
     was_training = model.training
     model.eval()
-    bits, nbytes = [], []
-    for r in records:
-        n, b = response_nll_bytes(model, tokenizer, r["prompt"], r["output"][0], max_prompt_len)
-        bits.append(n / math.log(2))
-        nbytes.append(b)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    enc = [_scored_tokens(tokenizer, r["prompt"], r["output"][0], max_prompt_len, max_len) for r in records]
+    lengths = [len(p) + len(o) for p, o, _ in enc]
+    bits = [0.0] * len(records)
+    for batch in _length_batches(lengths, max(1, batch_size), max_tokens):
+        L = max(lengths[i] for i in batch)
+        ids = torch.full((len(batch), L), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), L), dtype=torch.long)
+        labels = torch.full((len(batch), L), -100, dtype=torch.long)
+        for b, i in enumerate(batch):  # right padding
+            p, o, _ = enc[i]
+            ids[b, :lengths[i]] = torch.tensor(p + o)
+            mask[b, :lengths[i]] = 1
+            labels[b, len(p):lengths[i]] = torch.tensor(o)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        labels = labels.to(device)
+        for b, i in enumerate(batch):  # row by row: the fp32 copy of the logits stays one record's
+            n = lengths[i]
+            bits[i] = float(token_nll(logits[b:b + 1, :n], labels[b:b + 1, :n])[0]) / math.log(2)
+        del logits
     model.train(was_training)
-    return {"bits": bits, "bytes": nbytes}
+    return {"bits": bits, "bytes": [b for _, _, b in enc]}
 
 
 def bpb_of(samples: dict) -> float:
@@ -183,9 +237,17 @@ def summarise(values: list[float]) -> dict:
             "n": len(values)}
 
 
+def _ids(records: list[dict]) -> list:
+    return [r.get("id", i) for i, r in enumerate(records)]
+
+
 def evaluate_model(model, tokenizer, records: list[dict], cfg: GenConfig, with_bpb: bool = True) -> dict:
-    """Generations, per-sample ROUGE-L per seed, and the summary for one model on one set; with ``with_bpb``
-    also each prompt's response bits and bytes (``bpb_samples``, in the order of ``ids``) and their bpb."""
+    """Generations, per-sample ROUGE-L per seed, and the summary for one model on one set: ROUGE-L on the first
+    ``cfg.limit`` records (``ids``; 0 = all); with ``with_bpb`` also each prompt's response bits and bytes on
+    the first ``cfg.bpb_limit`` records (``bpb_samples``, in the order of ``bpb_ids``; 0 = all) and their
+    bpb."""
+    bpb_records = records[:cfg.bpb_limit] if cfg.bpb_limit else records
+    records = records[:cfg.limit] if cfg.limit else records
     prompts = [r["prompt"] for r in records]
     per_seed = {}
     for seed in cfg.seeds:
@@ -193,20 +255,24 @@ def evaluate_model(model, tokenizer, records: list[dict], cfg: GenConfig, with_b
         scores = [rouge_l(p, r["output"]) for p, r in zip(preds, records)]
         per_seed[str(seed)] = {"rougeL": statistics.fmean(scores), "scores": scores, "generations": preds}
     result = {
-        "ids": [r.get("id", i) for i, r in enumerate(records)],
+        "ids": _ids(records),
         "seeds": per_seed,
         "summary": {"rougeL": summarise([v["rougeL"] for v in per_seed.values()])},
     }
     if with_bpb:  # per prompt too (``bpb_samples``): the significance table's paired bootstrap of bpb
-        result["bpb_samples"] = response_bits_bytes(model, tokenizer, records, cfg.max_prompt_len)
+        result["bpb_ids"] = _ids(bpb_records)
+        result["bpb_samples"] = response_bits_bytes(model, tokenizer, bpb_records, cfg.max_prompt_len,
+                                                    batch_size=cfg.batch_size)
         result["summary"]["bpb"] = bpb_of(result["bpb_samples"])
     return result
 
 
-def evaluate_copy(records: list[dict]) -> dict:
-    """The "copy the instruction and input" floor (deterministic: one pseudo-seed, std 0)."""
+def evaluate_copy(records: list[dict], limit: int = 0) -> dict:
+    """The "copy the instruction and input" floor (deterministic: one pseudo-seed, std 0) on the first ``limit``
+    records (0 = all): the records ``evaluate_model`` samples for ROUGE-L."""
+    records = records[:limit] if limit else records
     preds = [copy_baseline(r["prompt"]) for r in records]
     scores = [rouge_l(p, r["output"]) for p, r in zip(preds, records)]
-    return {"ids": [r.get("id", i) for i, r in enumerate(records)],
+    return {"ids": _ids(records),
             "seeds": {"copy": {"rougeL": statistics.fmean(scores), "scores": scores, "generations": preds}},
             "summary": {"rougeL": summarise([statistics.fmean(scores)]), "bpb": None}}

@@ -42,3 +42,50 @@ def get_method(name: str) -> type:
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; available methods: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def merge_term_labels(per_method: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Method name → its loss-term labels, merged into term → label: a term that methods label differently gets
+    their labels joined with " / ", in method-name order (one curve panel shows the term of every method)."""
+    labels: dict[str, list[str]] = {}
+    for _, terms in sorted(per_method.items()):
+        for term, label in terms.items():
+            if label not in labels.setdefault(term, []):
+                labels[term].append(label)
+    return {t: " / ".join(ls) for t, ls in labels.items()}
+
+
+def term_labels(names: list[str] | None = None) -> dict[str, str]:
+    """The merged loss-term labels (``Method.term_labels``) of the methods ``names`` (default: all registered)."""
+    _discover()
+    return merge_term_labels({n: dict(getattr(get_method(n), "term_labels", {}))
+                              for n in (names if names is not None else _REGISTRY)})
+
+
+def specs() -> dict[str, dict]:
+    """What the torch-free checks of config/config.yaml read (``dwakd.config.method_specs``): each registered
+    method's Config dataclass (``config``: its name; ``options``: ``dwakd.config.option_fields``), its training
+    data and its loss-term labels."""
+    from dwakd.config import option_fields
+
+    _discover()
+    return {n: {"config": c.Config.__name__, "options": option_fields(c.Config), "train_data": c.train_data,
+                "term_labels": dict(getattr(c, "term_labels", {}))} for n, c in sorted(_REGISTRY.items())}
+
+
+if __name__ == "__main__":  # `python -m dwakd.registry`: specs() and the project files they were read from, as JSON
+    import hashlib
+    import json
+    import sys
+    from pathlib import Path
+
+    from dwakd import registry  # this file runs as __main__: the methods register in the imported module
+
+    out = registry.specs()
+    root = Path(__file__).resolve().parent.parent
+    files = {}
+    for mod in list(sys.modules.values()):
+        f = Path(getattr(mod, "__file__", None) or "/").resolve()
+        if f.suffix == ".py" and f.is_relative_to(root) and f.parts[len(root.parts)] in ("dwakd", "baselines"):
+            files[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    print(json.dumps({"methods": out, "files": files}))

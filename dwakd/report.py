@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 
 from dwakd.errors import ConfigError
-from dwakd.stats import (MDD_POWER, BootstrapConfig, has_bpb_samples, mdd_factor, paired_bootstrap, paired_bpb,
+from dwakd.stats import (MDD_POWER, BootstrapConfig, bpb_ids, has_bpb_samples, mdd_factor, paired_bootstrap, paired_bpb,
                          paired_differences)
 
 COPY, TEACHER = "copy", "teacher"  # the rows of the main table that are not runs
@@ -178,7 +178,7 @@ def long_frame(res: dict, rows: list[str], sets: list[str], titles: dict, set_ti
             if sm.get("bpb") is not None:
                 lines.append({"run": r, "method": titles.get(r, r), "set": s, "set_title": set_titles[s],
                               "metric": "bpb", "mean": sm["bpb"], "std": 0.0, "n_seeds": 1,
-                              "n_samples": len(d["ids"])})
+                              "n_samples": len(bpb_ids(d))})  # bpb may cover more prompts (eval.bpb_limit)
         avg_seed = seed_averages(res, r, sets)
         lines.append({"run": r, "method": titles.get(r, r), "set": "avg", "set_title": "Avg", "metric": "rougeL",
                       "mean": statistics.fmean(avg_seed),
@@ -444,6 +444,13 @@ def published_wide(pf: pd.DataFrame, rows: list[str], titles: dict) -> pd.DataFr
 # ------------------------------------------------------------------------------------ tables
 
 
+def bpb_counts(res: dict, rows: list[str], s: str) -> str | None:
+    """The prompts of set ``s`` the rows' bits per byte cover (``bpb_ids``; "n1–n2" when runs differ), or None
+    when no row has a bpb."""
+    ns = sorted({len(bpb_ids(res[r, s])) for r in rows if res[r, s]["summary"].get("bpb") is not None})
+    return None if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+
+
 def main_table(eval_dir: Path, rows: list[str], sets: list[str], titles: dict, set_titles: dict, *,
                baselines: list[str] = (), bootstrap: BootstrapConfig | None = None,
                published: dict | None = None) -> dict:
@@ -462,6 +469,7 @@ def main_table(eval_dir: Path, rows: list[str], sets: list[str], titles: dict, s
            "bpb": wide(df, "bpb", rows, titles, cols, 3, markers["bpb"]), "legend": legend["rougeL"],
            "legend_bpb": legend["bpb"], "significance": sig,
            "n_samples": {set_titles[s]: len(res[rows[0], s]["ids"]) for s in sets},
+           "n_samples_bpb": {set_titles[s]: bpb_counts(res, rows, s) for s in sets},
            "seeds": sorted(next(iter(res.values()))["seeds"].keys()), "published": None}
     if published is not None:
         pf = published_frame(res, rows, sets, titles, set_titles, published)
@@ -481,7 +489,9 @@ def main_table(eval_dir: Path, rows: list[str], sets: list[str], titles: dict, s
 def write_tables(t: dict, out: Path, name: str) -> None:
     """``name``.md (both metrics), ``name``.csv (long format), ``name``.tex (both metrics)."""
     out.mkdir(parents=True, exist_ok=True)
-    ns = ", ".join(f"{k} {v}" for k, v in t["n_samples"].items())
+    nb = t.get("n_samples_bpb") or {}
+    ns = ", ".join(f"{k} {v}" + (f" (bits per byte {nb[k]})" if nb.get(k) not in (None, str(v)) else "")
+                   for k, v in t["n_samples"].items())
     legend = t.get("legend") or []
     legend_bpb = t.get("legend_bpb") or []
     md = [f"## ROUGE-L F1 (×100, higher is better; mean ± std over generation seeds)\n",

@@ -18,7 +18,8 @@ k = 1..K (K may differ between the two runs):
 - p-value (two-sided): twice the share of resample means on the other side of 0 from the observed mean
   (``≤ 0`` when it is > 0, ``≥ 0`` when it is < 0), clipped to 1; an observed mean of exactly 0 gives 1;
 - bits per byte (``RatioPair``, from the eval JSONs' ``bpb_samples``: each prompt's response bits b_i and
-  bytes n_i under teacher forcing, deterministic, so no seeds): a set's bpb is ``Σ_i b_i / Σ_i n_i``, and
+  bytes n_i under teacher forcing, deterministic, so no seeds; its prompts are the eval JSON's ``bpb_ids``,
+  usually the whole set, more than ROUGE-L's ``ids``): a set's bpb is ``Σ_i b_i / Σ_i n_i``, and
   the statistic is ``bpb(method) − bpb(baseline)`` (lower bpb is better: a negative difference favours the
   method); resample b recomputes both ratios over the same drawn prompts,
   ``d*_b = Σ_j b^m_{I_bj} / Σ_j n^m_{I_bj} − Σ_j b^b_{I_bj} / Σ_j n^b_{I_bj}``, and everything else (Avg, CI,
@@ -30,7 +31,8 @@ k = 1..K (K may differ between the two runs):
 
 Each set's resample indices come from a numpy Generator seeded with ``(seed, crc32(set name))``, so a
 set's result does not depend on which other sets or comparisons are computed, and every comparison on
-that set, ROUGE-L or bpb, uses the same resamples (common random numbers). Torch-free; numpy and pandas only.
+that set, ROUGE-L or bpb, uses the same resamples (common random numbers; ROUGE-L and bpb draw the same
+prompts when they cover the same number, else each its own). Torch-free; numpy and pandas only.
 """
 
 from __future__ import annotations
@@ -113,11 +115,18 @@ def _ratio(num, den) -> float:
     return float(np.sum(num) / max(float(np.sum(den)), 1.0))
 
 
+def bpb_ids(result: Mapping) -> list:
+    """The prompt ids of an eval JSON's bits per byte: ``bpb_ids`` (bpb may cover more prompts than ROUGE-L,
+    ``eval.bpb_limit``), or ``ids`` in an eval JSON written before they were stored separately."""
+    ids = result.get("bpb_ids")
+    return list((result.get("ids") if ids is None else ids) or [])
+
+
 def bpb_samples(result: Mapping, source: str) -> tuple[list, np.ndarray, np.ndarray]:
     """``(ids, bits, bytes)`` of an eval JSON's ``bpb_samples`` (each prompt's response bits and bytes, in the
-    order of ``ids``); ``DataError`` when they are missing (an eval JSON written before they were stored, or the
-    copy floor, which has no bpb) or do not match the ids."""
-    ids = list(result.get("ids") or [])
+    order of ``bpb_ids``, or of ``ids`` in older files); ``DataError`` when they are missing (an eval JSON
+    written before they were stored, or the copy floor, which has no bpb) or do not match the ids."""
+    ids = bpb_ids(result)
     smp = result.get("bpb_samples")
     if not smp:
         raise DataError(f"{source}: no per-prompt bits per byte (bpb_samples); re-run dwakd eval")

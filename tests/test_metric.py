@@ -75,7 +75,65 @@ def test_evaluate_model_stores_each_prompts_bits_and_bytes_whose_ratio_is_the_bp
     n, b = response_nll_bytes(model, tok, recs[1]["prompt"], recs[1]["output"][0], 256)
     assert smp["bits"][1] == pytest.approx(n / math.log(2)) and smp["bytes"][1] == b
     assert res["summary"]["bpb"] == pytest.approx(sum(smp["bits"]) / sum(smp["bytes"]))
-    assert res["summary"]["bpb"] == pytest.approx(bits_per_byte(model, tok, recs), rel=1e-9)
+    # batched forward passes (``response_bits_bytes``) vs one per record (``bits_per_byte``): float tolerance
+    assert res["summary"]["bpb"] == pytest.approx(bits_per_byte(model, tok, recs), rel=1e-5)
+    assert res["bpb_ids"] == res["ids"]  # by default bpb and ROUGE-L cover the same (all) records
     assert "bpb_samples" not in evaluate_model(model, tok, recs[:1], GenConfig(seeds=[10], max_new_tokens=2),
                                                with_bpb=False)
     assert "bpb_samples" not in evaluate_copy(recs)  # the floor has no bpb
+
+
+def test_batched_bits_equal_the_per_record_forward_including_a_truncated_record(tiny_pair, dolly_small):
+    """``response_bits_bytes`` (length-sorted, right-padded batches with an attention mask) gives each record the
+    bits and bytes of ``response_nll_bytes`` (one forward per record), in the records' order, whatever the
+    batch size, also for a record whose response is cut at ``max_len`` (only the scored tokens' bytes count)."""
+    import math
+
+    import torch
+
+    from dwakd.evaluate import _length_batches, response_bits_bytes, response_nll_bytes
+    from dwakd.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_pair / "student_base")
+    model = load_model(tiny_pair / "student_base")
+    torch.manual_seed(0)
+    recs = [dict(r) for r in dolly_small[:9]]
+    recs.append({"prompt": "Say something.", "output": ["x"]})  # a very short record
+    long = " ".join(r["output"][0] for r in dolly_small[:40])  # > 256 tokens of response
+    recs.insert(3, {"prompt": dolly_small[50]["prompt"], "output": [long + " café"]})
+    max_prompt_len, max_len = 48, 160  # the long record: prompt + response > max_len, so it is cut
+    want = [response_nll_bytes(model, tok, r["prompt"], r["output"][0], max_prompt_len, max_len) for r in recs]
+    lengths = [len(tok(r["prompt"], add_special_tokens=False)["input_ids"][:max_prompt_len])
+               + len(tok(r["output"][0], add_special_tokens=False)["input_ids"]) + 1 for r in recs]
+    assert lengths[3] > max_len and want[3][1] < len(recs[3]["output"][0].encode())  # truncated: fewer bytes
+    assert len(set(lengths)) > 5  # records of different lengths: padding in every batch
+    for batch_size, max_tokens in ((4, 32768), (32, 32768), (5, 300), (1, 0)):  # (5, 300): some batches cut
+        got = response_bits_bytes(model, tok, recs, max_prompt_len, max_len, batch_size, max_tokens)
+        assert got["bytes"] == [b for _, b in want]
+        for g, (n, _) in zip(got["bits"], want):
+            assert g == pytest.approx(n / math.log(2), rel=1e-4)
+    model.train()
+    response_bits_bytes(model, tok, recs[:2], max_prompt_len, max_len)
+    assert model.training  # the mode is restored
+    # the batches: length-sorted, at most batch_size records and max_tokens padded positions (a longer record alone)
+    assert _length_batches([5, 1, 3, 3, 9], 2, 0) == [[1, 2], [3, 0], [4]]
+    assert _length_batches([5, 1, 3, 3, 9], 4, 9) == [[1, 2, 3], [0], [4]]
+
+
+def test_rouge_on_the_first_limit_records_and_bpb_on_the_first_bpb_limit(tiny_pair):
+    """``GenConfig.limit`` cuts the sampled ROUGE-L records (``ids``; the copy floor too), ``bpb_limit`` the bits
+    per byte records (``bpb_ids``, the order of ``bpb_samples``); 0 = all."""
+    from dwakd.evaluate import GenConfig, bits_per_byte, evaluate_model
+    from dwakd.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_pair / "student_base")
+    model = load_model(tiny_pair / "student_base")
+    recs = [{"id": f"r{i}", "prompt": f"Question {i}:", "output": [f"answer number {i} " * (i + 1)]}
+            for i in range(5)]
+    res = evaluate_model(model, tok, recs, GenConfig(seeds=[10], max_new_tokens=2, limit=2))
+    assert res["ids"] == ["r0", "r1"] and len(res["seeds"]["10"]["scores"]) == 2
+    assert res["bpb_ids"] == [r["id"] for r in recs] and len(res["bpb_samples"]["bits"]) == 5
+    assert res["summary"]["bpb"] == pytest.approx(bits_per_byte(model, tok, recs), rel=1e-5)
+    res = evaluate_model(model, tok, recs, GenConfig(seeds=[10], max_new_tokens=2, limit=2, bpb_limit=3))
+    assert res["bpb_ids"] == ["r0", "r1", "r2"] and len(res["bpb_samples"]["bytes"]) == 3
+    assert evaluate_copy(recs, 2)["ids"] == ["r0", "r1"] and evaluate_copy(recs)["ids"] == [r["id"] for r in recs]

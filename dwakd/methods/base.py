@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dwakd.config import check_options, option_fields
 from dwakd.errors import ConfigError
 from dwakd.models import LMOutput
 
@@ -25,21 +26,14 @@ __all__ = ["ConfigError", "Method", "build_config"]
 
 
 def build_config(cls: type, overrides: dict[str, Any] | None, where: str) -> Any:
-    """Instantiate the dataclass ``cls`` from ``overrides``; unknown keys and wrong types name the key."""
+    """Instantiate the dataclass ``cls`` from ``overrides``; unknown keys, wrong types and values outside a
+    field's fixed choices name the key (``dwakd.config.check_options``: the same check as the dry run's)."""
     overrides = dict(overrides or {})
+    check_options(where, overrides, option_fields(cls), cls.__name__)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {unknown}; {cls.__name__} accepts {sorted(fields)}")
     for k, v in overrides.items():
-        default = fields[k].default
-        if default is not dataclasses.MISSING and default is not None and v is not None:
-            ok = isinstance(v, type(default)) or (isinstance(default, float) and isinstance(v, int)
-                                                   and not isinstance(v, bool))
-            if not ok:
-                raise ConfigError(f"{where}.{k}: expected {type(default).__name__}, got {v!r}")
-            if isinstance(default, float):
-                overrides[k] = float(v)
+        if isinstance(fields[k].default, float) and isinstance(v, int):
+            overrides[k] = float(v)
     cfg = cls(**overrides)
     if hasattr(cfg, "validate"):
         cfg.validate(where)
@@ -61,6 +55,9 @@ class Method(nn.Module):
     #: what the method trains on: "gold" (the data's responses) or "teacher" (``dwakd generate``'s teacher
     #: samples, passed to ``dwakd train --train-file``; the workflow does it for the runs of such methods)
     train_data: ClassVar[str] = "gold"
+    #: readable names of the loss terms that ``loss`` logs (term → label): the panel titles of the training-curve
+    #: figure (``dwakd figures``), over ``dwakd.figures.TERM_TITLES``; a term without one keeps that title
+    term_labels: ClassVar[dict[str, str]] = {}
 
     def __init__(self, cfg, student: nn.Module, teacher: nn.Module | None = None,
                  student_tokenizer=None, teacher_tokenizer=None):

@@ -1,7 +1,7 @@
 """DWA-KD — dual-space entropy-weighted KD plus banded Soft-DTW sequence alignment (arXiv 2602.21669), on top
 of DSKD-CMA (``baselines.dskd_cma``: same cross-model attention, projectors, z_t2s / z_s2t and L_ce_t2s).
 
-Token level (METHODS.md "DWA-KD"), over the student's response positions i and the teacher's j::
+Token level (docs/methods.md "DWA-KD"), over the student's response positions i and the teacher's j::
 
     w_i = H_s(i) · max_v p_t2s(v | i)                 student side: entropy × projected-teacher confidence (gate)
     w_j = 1 − H_t(j) / log V_t                        teacher side: normalised certainty
@@ -13,9 +13,9 @@ The weights are detached and rescaled per sequence so that each sequence's weigh
 positions (student weights to the student's count, teacher weights to the teacher's). The entropies and the gate
 are those of the models' own distributions (temperature 1, as the unofficial code computes them); the
 divergences use τ. A sequence whose raw weights are all zero (e.g. a teacher uniform everywhere) falls back to
-uniform weights. **No accuracy mask** on L_kd_stu: METHODS.md's DWA-KD formula has none (nor has the unofficial
-code) — the confidence gate is DWA-KD's soft replacement for DSKD-CMA's hard ``1[argmax z_t2s = y]`` — except in
-the ``w_*`` ablations, which are DSKD-CMA *plus* one component and so keep DSKD-CMA's mask (table below).
+uniform weights. **No accuracy mask** on L_kd_stu: the formula of docs/methods.md "DWA-KD" has none (nor has the
+unofficial code) — the confidence gate is DWA-KD's soft replacement for DSKD-CMA's hard ``1[argmax z_t2s = y]`` —
+except in the ``w_*`` ablations, which are DSKD-CMA *plus* one component and so keep DSKD-CMA's mask (table below).
 
 Sequence level (Soft-DTW, ``dwakd.losses.softdtw``), over the response positions of each sample, gathered to the
 left (sample b: S_b student, T_b teacher positions, i, j 0-based within the response)::
@@ -31,7 +31,7 @@ left (sample b: S_b student, T_b teacher positions, i, j 0-based within the resp
 
 "Response tokens" are the targets ``y`` (``dwakd.align.cma.next_token_targets``): the tokens that the response
 positions predict, so E_s and H_s are indexed by the same positions (and by the CMA's rows). P_emb and P_t2s read
-the raw teacher features (METHODS.md ``E_t W_e_t2s``, ``H_t W_h_t2s``; the unofficial code does the same), not
+the raw teacher features (docs/methods.md "DWA-KD"; the unofficial code does the same), not
 DSKD's ``N(·)``-scaled ones. All six cost matrices of a step (cross, student-self, teacher-self for embeddings and
 hidden states) are padded into one batch and solved by **one** ``soft_dtw`` call.
 
@@ -49,11 +49,11 @@ on the same scale as the per-token KD terms (O(1)); no further length normalisat
 Total: ``L = λ_CE·CE + λ_W-KD·L_W-KD + λ_DTW·L_DTW`` with γ annealed linearly from ``gamma_start`` to
 ``gamma_end`` over training (``on_step``; the unofficial code anneals over a fixed 3570 steps).
 
-Ablations (``variant``; paper Table 3 plus METHODS.md's extras). The paper's ``w/`` rows are read as *one*
-component added to DSKD-CMA (whose unweighted, accuracy-masked L_kd_stu they keep), so each row measures exactly
-that component against the DSKD-CMA row of the main table; ``wo_gate``, ``emb_only``, ``hid_only``,
-``no_weights`` and ``srkl`` are the full method minus (or with a change of) exactly the named part. Read
-cumulatively, ``w_bdtw`` would be ``wo_gate`` up to the mask; read without DSKD-CMA's mask, ``w_bdtw`` would be
+Ablations (``variant``; paper Table 3 plus the extras of docs/methods.md "DWA-KD ablations"). The paper's ``w/``
+rows are read as *one* component added to DSKD-CMA (whose unweighted, accuracy-masked L_kd_stu they keep), so each
+row measures exactly that component against the DSKD-CMA row of the main table; ``wo_gate``, ``emb_only``,
+``hid_only``, ``no_weights`` and ``srkl`` are the full method minus (or with a change of) exactly the named part.
+Read cumulatively, ``w_bdtw`` would be ``wo_gate`` up to the mask; read without DSKD-CMA's mask, ``w_bdtw`` would be
 ``no_weights`` — this reading gives nine distinct runs, and ``w_bdtw`` vs ``no_weights`` isolates the mask.
 
 ============  =========  ==================  ===============  ========  ==============  ===============
@@ -70,18 +70,18 @@ no_weights    no         1                   1                banded    emb + hi
 srkl          no         H_s · conf (gate)   1 − H_t/log V_t  banded    emb + hidden    srkl (λ = 0.1)
 ============  =========  ==================  ===============  ========  ==============  ===============
 
-``divergence`` defaults to fkl (the paper's KL); variant ``srkl`` uses the skewed reverse KL of the unofficial
-code. L_kd_tea is the forward KL in every variant (METHODS.md; DSKD-CMA and the unofficial code alike). Each
+``divergence`` defaults to fkl (the paper's KL); variant ``srkl`` uses the skewed reverse KL of the unofficial code.
+L_kd_tea is the forward KL in every variant (docs/methods.md "DWA-KD"; DSKD-CMA and the unofficial code alike). Each
 variant is a ``VariantFlags`` (``FLAGS[variant]``). Logged terms (token-summed, like every method): ``ce``,
-``ce_t2s``, ``kd_stu``, ``kd_tea`` (weighted, as they enter the loss), ``dtw_emb``, ``dtw_hid`` (0 where the
-variant has no such term), ``t2s_acc`` and ``conf_t2s`` (Σ_i max_v p_t2s(v|i): the mean gate after the loop's
-division). The CMA attention for heatmaps: ``method.terms(batch, student_out, teacher_out,
-return_attention=True).cma.a_t2s`` (inherited from DSKD-CMA).
+``ce_t2s``, ``kd_stu``, ``kd_tea`` (weighted, as they enter the loss), ``dtw_emb``, ``dtw_hid`` (0 where the variant
+has no such term), ``t2s_acc`` and ``conf_t2s`` (Σ_i max_v p_t2s(v|i): the mean gate after the loop's division). The
+CMA attention for heatmaps: ``method.terms(batch, student_out, teacher_out, return_attention=True).cma.a_t2s``
+(inherited from DSKD-CMA).
 
 Not taken from the unofficial code: its 300-step linear warm-up of the gate, its optional DTW / band warm-ups
 (off by default there) and its slicing of the first S_b / T_b positions of each padded row (as we read it, the
 prompt, not the response) for the Soft-DTW sequences; it also rescales the entropy before multiplying by the
-gate, where METHODS.md rescales the product (followed here).
+gate, where docs/methods.md "DWA-KD" rescales the product (followed here).
 """
 
 from __future__ import annotations
@@ -137,20 +137,20 @@ VARIANTS = tuple(FLAGS)
 
 @dataclass
 class DWAKDConfig:
-    """DWA-KD options (METHODS.md "DWA-KD"; the paper gives no λ and no γ: those come from the unofficial code)."""
+    """DWA-KD options (docs/methods.md "DWA-KD"; the paper gives no λ and no γ: those are the unofficial code's)."""
 
-    ce_rate: float = 0.5  # λ_CE (METHODS.md, from the unofficial code's ce_rate)
-    wkd_rate: float = 0.5  # λ_W-KD (METHODS.md, from the unofficial code's kd_rate)
-    dtw_rate: float = 0.2  # λ_DTW (METHODS.md, from the unofficial code's dtw_rate)
-    temperature: float = 2.0  # τ (METHODS.md; DSKD script KD_TEMP=2.0)
+    ce_rate: float = 0.5  # λ_CE (the unofficial code's ce_rate)
+    wkd_rate: float = 0.5  # λ_W-KD (the unofficial code's kd_rate)
+    dtw_rate: float = 0.2  # λ_DTW (the unofficial code's dtw_rate)
+    temperature: float = 2.0  # τ (DSKD script KD_TEMP=2.0)
     divergence: str = "fkl"  # D of L_kd_stu (paper: KL; DSKD script KD_OBJ="forward_kl"); variant srkl overrides
-    gamma_start: float = 2.0  # Soft-DTW γ at the start of training (METHODS.md / unofficial code dtw_gamma_start)
-    gamma_end: float = 0.8  # γ at the end, linear annealing (METHODS.md / unofficial code dtw_gamma_end)
-    band_width: float = 5.0  # b, base half-width of the band in teacher positions (METHODS.md / unofficial code)
-    band_entropy_coef: float = 2.0  # β, width added per nat of A_t2s row entropy (METHODS.md / unofficial code)
-    band_center_blend: float = 0.7  # α, weight of the attention centre vs the diagonal (METHODS.md / unofficial code)
-    band_penalty: float = 1.0  # λ_band, cost added outside the band (METHODS.md / unofficial code)
-    variant: str = "full"  # ablation (module docstring table; paper Table 3 + METHODS.md)
+    gamma_start: float = 2.0  # Soft-DTW γ at the start of training (unofficial code dtw_gamma_start)
+    gamma_end: float = 0.8  # γ at the end, linear annealing (unofficial code dtw_gamma_end)
+    band_width: float = 5.0  # b, base half-width of the band in teacher positions (unofficial code)
+    band_entropy_coef: float = 2.0  # β, width added per nat of A_t2s row entropy (unofficial code)
+    band_center_blend: float = 0.7  # α, weight of the attention centre vs the diagonal (unofficial code)
+    band_penalty: float = 1.0  # λ_band, cost added outside the band (unofficial code)
+    variant: str = "full"  # ablation (module docstring; docs/methods.md "DWA-KD ablations")
 
     def validate(self, where: str) -> None:
         check_kd(self, where)

@@ -8,19 +8,24 @@ import sys
 from pathlib import Path
 
 import yaml
-from snakemake.utils import validate
 
 # `--config rebuild_models=true` arrives as a string; accept the usual spellings of a boolean.
 _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 if isinstance(config.get("rebuild_models"), str) and config["rebuild_models"].lower() in _BOOLS:
     config["rebuild_models"] = _BOOLS[config["rebuild_models"].lower()]
 
-validate(config, "../schemas/config.schema.yaml")
-
 sys.path.insert(0, workflow.basedir)  # dwakd.config: YAML and jsonschema only, no torch
 from dwakd import config as C  # noqa: E402
 
-C.check(config)  # the cross-references the schema cannot express (profile -> pairs, sets, runs)
+# Every configuration mistake stops the run (and the dry run) here, in one line: where it comes from (the config
+# file, or the `--config KEY=VALUE` override), the key, what was expected. Checked: the schema, the
+# cross-references (profile -> pairs, sets, runs), each run's method and options against the registered methods'
+# Config dataclasses (read in a subprocess, cached until the code changes: this process never imports torch).
+try:
+    C.check_all(config, C.method_specs())
+except C.ConfigError as e:
+    _files = [Path(workflow.basedir) / "config" / "config.yaml", *workflow.config_settings.configfiles]
+    sys.exit(C.locate(str(e), _files, {k: f"--config {k}={v}" for k, v in workflow.config_settings.config.items()}))
 PROFILE_NAME = config["profile"]
 PROFILE = config["profiles"][PROFILE_NAME]
 PAIRS = C.profile_pairs(PROFILE)

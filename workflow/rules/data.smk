@@ -5,7 +5,8 @@ rule data:
         sets=expand(f"{R}/data/{{s}}.jsonl", s=LOCAL_SETS),
     params:
         cfg=CFG,
-        key=digest(PROFILE.get("train_limit"), PROFILE.get("dev_limit"), PROFILE["eval"],
+        # whole eval sets: eval.limit / bpb_limit apply in the eval rule, so only the set list matters here
+        key=digest(PROFILE.get("train_limit"), PROFILE.get("dev_limit"), PROFILE["eval"]["sets"],
                    {k: v for k, v in config["datasets"].items() if k != "unni"}),  # UnNI: rule data_unni
         out=lambda w, output: parent(output.train),
     log:
@@ -23,7 +24,7 @@ rule data_unni:
         f"{R}/data/unni.jsonl",
     params:
         cfg=CFG,
-        key=digest(config["datasets"]["unni"], PROFILE["eval"].get("limit")),
+        key=digest(config["datasets"]["unni"]),  # the whole selection (datasets.unni.limit)
         out=lambda w, output: parent(output[0]),
         cache=f"{R}/cache/unni",
     log:

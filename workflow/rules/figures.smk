@@ -5,12 +5,7 @@
 
 FIGURES = PROFILE.get("figures") or {}
 FIG_SET = FIGURES.get("set", "dolly")
-FIG_SAMPLES = FIGURES.get("samples", 3)
-if FIG_SET not in EVAL_SETS:
-    raise ValueError(f"config: profiles.{PROFILE_NAME}.figures.set: {FIG_SET!r} is not one of eval.sets {EVAL_SETS}")
-for _r in FIGURES.get("runs") or []:
-    if _r not in config["methods"]:
-        raise ValueError(f"config: profiles.{PROFILE_NAME}.figures.runs: {_r!r} is not in methods")
+FIG_SAMPLES = FIGURES.get("samples", 3)  # figures.set and figures.runs: checked with the config (common.smk)
 # Which runs have a cross-model attention is decided by `dwakd attention` from the method classes (the
 # Snakefile does not import torch), so the job reads every run of the tables (and figures.runs).
 FIG_RUNS = list(dict.fromkeys(RUNS + list(FIGURES.get("runs") or [])))
