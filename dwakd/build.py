@@ -51,6 +51,20 @@ def pretrain(role: str, spec: dict, tokenizer_dir: Path, records: list[dict], tr
     return out_dir / "model"
 
 
+PRETRAIN_TEXTS = ("prompt_response", "prompts")
+
+
+def pretrain_records(records: list[dict], text: str = "prompt_response") -> list[dict]:
+    """The pre-training records of ``pairs.<pair>.build.student_text``: the Dolly records as they are
+    ("prompt_response": prompt and first response, packed) or their prompts alone ("prompts": instruction and
+    context text with the template, each as a response to an empty prompt; no response text is seen)."""
+    if text not in PRETRAIN_TEXTS:
+        raise ValueError(f"build.student_text: expected one of {list(PRETRAIN_TEXTS)}, got {text!r}")
+    if text == "prompts":
+        return [{"prompt": "", "output": [r["prompt"]]} for r in records]
+    return records
+
+
 def finetune(model_dir: Path, records: list[dict], train_over: dict, out_dir: Path, resume: bool = False,
              seed: int = 10) -> Path:
     """SFT of a saved model on responses (the teacher's fine-tuning)."""
@@ -72,7 +86,7 @@ Weights are stored in bf16 and loaded as fp32.
 | student base | {student_arch} | {student_params:,} | SentencePiece-style BPE with byte fallback, {student_vocab} tokens (`▁` marker) |
 
 Recipe (config/config.yaml, `pairs.<pair>.build`):
-- student base: pre-trained from random initialisation on prompt + response text, packed blocks;
+- student base: pre-trained from random initialisation on {student_text}, packed blocks;
 - teacher: pre-trained the same way, then fine-tuned on responses (SFT).
 
 ```
@@ -103,7 +117,11 @@ def ship(teacher_dir: Path, student_dir: Path, dest: Path, card: str, pair: dict
         tok.save_pretrained(tmp / role)
         info.update({f"{role}_params": count_parameters(m), f"{role}_arch": m.config.model_type,
                      f"{role}_vocab": len(tok)})
-    (tmp / "MODEL_CARD.md").write_text(card.format(build=yaml.safe_dump(pair.get("build", {})), **info))
+    text = {"prompt_response": "prompt + response text",
+            "prompts": "the prompts only (instruction and context; no response text: the responses are what the "
+                       "default run distils)"}[pair.get("build", {}).get("student_text", "prompt_response")]
+    (tmp / "MODEL_CARD.md").write_text(card.format(build=yaml.safe_dump(pair.get("build", {})), student_text=text,
+                                                   **info))
     (tmp / "sizes.json").write_text(json.dumps(info, indent=2))
     lines = [f"{sha256_file(f)}  {f.relative_to(tmp)}" for f in sorted(tmp.rglob("*"))
              if f.is_file() and f.name != "SHA256SUMS"]

@@ -178,6 +178,8 @@ def cmd_pretrain(args) -> None:
     else:
         if not args.tokenizers:
             raise C.ConfigError(f"dwakd pretrain --role {args.role}: --tokenizers is required")
+        if args.role == "student":
+            records = build.pretrain_records(records, b.get("student_text", "prompt_response"))
         model = build.pretrain(args.role, p[args.role], Path(args.tokenizers) / args.role, records,
                                b.get(f"{args.role}_pretrain", {}), out, args.resume, seed)
     if process_state().is_main_process:

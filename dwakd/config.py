@@ -336,19 +336,22 @@ def check_shared_teachers(cfg: dict, pairs: list[str]) -> None:
         seen.setdefault(t, (p, spec))
 
 
-def tables(prof: dict) -> dict[str, list[str]]:
+def tables(prof: dict, default_only: bool = False) -> dict[str, list[str]]:
     """The result tables of a profile: ``main`` (below the copy floor and the teacher) and, when the profile
-    has a non-empty ``ablation_table``, ``ablation`` (its runs only, in order: the paper's Table 3 layout)."""
+    has a non-empty ``ablation_table``, ``ablation`` (its runs only, in order: the paper's Table 3 layout).
+    ``default_only``: the tables of the default target (``snakemake``): ``ablation`` only when the profile's
+    ``ablation_in_all`` is true (default); otherwise it is the separate target ``snakemake ablation``."""
     out = {"main": list(prof["main_table"])}
-    if prof.get("ablation_table"):
+    if prof.get("ablation_table") and (not default_only or prof.get("ablation_in_all", True)):
         out["ablation"] = list(prof["ablation_table"])
     return out
 
 
-def table_runs(prof: dict) -> list[str]:
-    """Every run of the profile's tables, once: the main table's, then the ablation table's not yet listed
-    (the Snakefile's ``RUNS``)."""
-    return list(dict.fromkeys(r for runs in tables(prof).values() for r in runs))
+def table_runs(prof: dict, default_only: bool = True) -> list[str]:
+    """Every run of the profile's tables, once: the main table's, then the ablation table's not yet listed;
+    with ``default_only`` (the Snakefile's ``RUNS``: what the significance, efficiency and attention tables
+    cover) only those of the default target's tables."""
+    return list(dict.fromkeys(r for runs in tables(prof, default_only).values() for r in runs))
 
 
 def profile(cfg: dict) -> dict[str, Any]:

@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
 from dwakd.data import copy_baseline
@@ -161,6 +163,16 @@ def response_nll_bytes(model, tokenizer, prompt: str, response: str, max_prompt_
     return float(token_nll(logits, labels)[0]), n_bytes
 
 
+def _logits_to_keep_arg(model) -> str | None:
+    """The name of the forward argument that restricts the logits to the last positions (transformers:
+    ``logits_to_keep``, earlier ``num_logits_to_keep``), or None."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+
+
 def _length_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
     """Record numbers sorted by length (ties: file order) cut into batches of at most ``batch_size`` records
     whose padded size (records × longest length) stays within ``max_tokens`` (0: no cap; a longer record
@@ -186,29 +198,36 @@ def response_bits_bytes(model, tokenizer, records: list[dict], max_prompt_len: i
     The tokens and bytes are ``response_nll_bytes``' (same cuts); the records are sorted by length and
     right-padded into batches of ``batch_size`` (at most ``max_tokens`` padded positions each, which bounds
     the logits' memory), one forward pass per batch with an attention mask, so the padding does not change a
-    record's numbers (a causal model: real positions see no later position)."""
+    record's numbers (a causal model: real positions see no later position). Where the model's forward takes
+    ``logits_to_keep``, logits are computed from the batch's first scored position on only (the prompts are
+    most of S-NI's tokens); the cross-entropy covers each record's scored positions only."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    keep_arg = _logits_to_keep_arg(model)
     enc = [_scored_tokens(tokenizer, r["prompt"], r["output"][0], max_prompt_len, max_len) for r in records]
     lengths = [len(p) + len(o) for p, o, _ in enc]
+    first = [max(len(p), 1) for p, _, _ in enc]  # each record's first scored position (position 0 has no logit)
     bits = [0.0] * len(records)
     for batch in _length_batches(lengths, max(1, batch_size), max_tokens):
         L = max(lengths[i] for i in batch)
         ids = torch.full((len(batch), L), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), L), dtype=torch.long)
-        labels = torch.full((len(batch), L), -100, dtype=torch.long)
         for b, i in enumerate(batch):  # right padding
             p, o, _ = enc[i]
             ids[b, :lengths[i]] = torch.tensor(p + o)
             mask[b, :lengths[i]] = 1
-            labels[b, len(p):lengths[i]] = torch.tensor(o)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        labels = labels.to(device)
+        start = min(first[i] for i in batch) - 1  # the first position whose logits are needed
+        kw = {keep_arg: L - start} if keep_arg and start > 0 else {}
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).logits
+        if logits.shape[1] != L - start:  # all positions (no logits_to_keep, or a forward that ignores it)
+            start = 0
+        ids = ids.to(device)
         for b, i in enumerate(batch):  # row by row: the fp32 copy of the logits stays one record's
-            n = lengths[i]
-            bits[i] = float(token_nll(logits[b:b + 1, :n], labels[b:b + 1, :n])[0]) / math.log(2)
+            q, n = first[i], lengths[i]  # positions q..n-1 are scored, each from the logits one before
+            nll = F.cross_entropy(logits[b, q - 1 - start:n - 1 - start].float(), ids[b, q:n], reduction="sum")
+            bits[i] = float(nll) / math.log(2)
         del logits
     model.train(was_training)
     return {"bits": bits, "bytes": [b for _, _, b in enc]}

@@ -112,6 +112,23 @@ def test_batched_bits_equal_the_per_record_forward_including_a_truncated_record(
         assert got["bytes"] == [b for _, b in want]
         for g, (n, _) in zip(got["bits"], want):
             assert g == pytest.approx(n / math.log(2), rel=1e-4)
+    # a forward without logits_to_keep (all logits), and one that takes it but ignores it: the same numbers
+
+    class NoKeep(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask=None, **kw):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask)
+
+    class Ignores(NoKeep):
+        def forward(self, input_ids, attention_mask=None, logits_to_keep=0):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask)
+
+    for wrapped in (NoKeep(model), Ignores(model)):
+        got = response_bits_bytes(wrapped, tok, recs, max_prompt_len, max_len, 4)
+        assert got["bits"] == pytest.approx([n / math.log(2) for n, _ in want], rel=1e-4)
     model.train()
     response_bits_bytes(model, tok, recs[:2], max_prompt_len, max_len)
     assert model.training  # the mode is restored

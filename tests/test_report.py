@@ -46,7 +46,8 @@ def _evals(root, sets, runs=BASE):
 
 
 def _cfg(root, sets, main_table, ablation_table, pair=None, name="cfg.yaml"):
-    prof = {"eval": {"sets": sets}, "main_table": main_table, "ablation_table": ablation_table}
+    prof = {"eval": {"sets": sets}, "main_table": main_table, "ablation_table": ablation_table,
+            "ablation_in_all": True}
     cfg = {"profiles": {"mini": prof},
            "methods": {"abl_a": {"method": "sft", "title": "w/ A"}, "abl_b": {"method": "sft", "title": "w/ B"}}}
     if pair:
@@ -255,7 +256,7 @@ def test_bootstrap_settings_come_from_the_config_and_are_validated(evals, tmp_pa
     assert (csv.resamples == 200).all() and (csv.ci == 0.8).all()
     assert main(["significance", "--config", "config/config.yaml", "--set", "report.bootstrap.ci=95",
                  "--eval-dir", str(root / "eval"), "--out", str(tmp_path / "t")]) == 2
-    assert "report.bootstrap.ci: 95 is greater than or equal to the maximum of 1" in capsys.readouterr().err
+    assert "report.bootstrap.ci: expected a value < 1, got 95" in capsys.readouterr().err
     assert main(["significance", "--config", "config/config.yaml", "--set", "report.baselines=[sft, ghost]",
                  "--eval-dir", str(root / "eval"), "--out", str(tmp_path / "t")]) == 2
     assert "report.baselines: 'ghost' is not in methods" in capsys.readouterr().err
@@ -311,6 +312,42 @@ def test_bits_per_byte_is_compared_per_prompt_with_the_sign_of_method_minus_base
     assert all(c.endswith("°") for c in rows["DSKD-CMA"]) and all(c.endswith("†") for c in rows["SFT"])
     assert not any(c.endswith(("°", "†")) for c in rows["Teacher"]) and rows["Copy instruction+input"][0] == "–"
     assert "Σ bits / Σ bytes of each run recomputed on every resample" in main_md.split("## ")[2]
+
+
+def test_bits_per_byte_on_more_prompts_than_rouge_uses_bpb_ids_and_both_counts_are_reported(evals, capsys):
+    """``eval.bpb_limit``: bpb on 2N prompts (``bpb_ids``, the order of ``bpb_samples``), ROUGE-L on N (``ids``):
+    the significance pairs each metric on its own prompts, the CSVs count each, "Samples per set" gives both."""
+    root, cfg = evals
+    sets = ["dolly", "sni"]
+    for run, shift in {"teacher": -3.0, "sft": 0.0, "dskd_cma": 0.0}.items():
+        for s in sets:
+            f = root / "eval" / run / f"{s}.json"
+            d = json.loads(f.read_text())
+            nbytes = BYTES * 2
+            bits = [2.0 * b + p + shift for b, p in zip(nbytes, PATTERN * 2)]
+            d["bpb_ids"] = [f"{s}-{i}" for i in range(2 * N)]
+            d["bpb_samples"] = {"bits": bits, "bytes": nbytes}
+            d["summary"]["bpb"] = sum(bits) / sum(nbytes)
+            f.write_text(json.dumps(d))
+    assert main(["significance", "--config", "config/config.yaml", "--config", str(cfg), "--eval-dir",
+                 str(root / "eval"), "--out", str(root / "tables")]) == 0
+    sig = pd.read_csv(root / "tables" / "significance.csv").set_index(["metric", "run", "baseline", "set"])
+    assert sig.loc[("bpb", "teacher", "sft", "dolly"), "n_prompts"] == 2 * N
+    assert sig.loc[("rougeL", "teacher", "sft", "dolly"), "n_prompts"] == N
+    assert sig.loc[("bpb", "teacher", "sft", "dolly"), "mean_diff"] == pytest.approx(-3.0 * 2 * N / sum(BYTES * 2))
+    assert _report(root, cfg) == 0
+    md = (root / "tables" / "main.md").read_text()
+    assert f"Samples per set: Dolly {N} (bits per byte {2 * N}), S-NI {N} (bits per byte {2 * N})." in md
+    csv = pd.read_csv(root / "tables" / "main.csv")
+    teacher = csv[(csv.run == "teacher") & (csv.set == "dolly")].set_index("metric")
+    assert teacher.loc["rougeL", "n_samples"] == N and teacher.loc["bpb", "n_samples"] == 2 * N
+    # bpb over other prompts than the baseline's: an error naming both files
+    f = root / "eval" / "dskd_cma" / "sni.json"
+    d = json.loads(f.read_text())
+    d["bpb_ids"], d["bpb_samples"] = d["bpb_ids"][:N], {k: v[:N] for k, v in d["bpb_samples"].items()}
+    f.write_text(json.dumps(d))
+    assert _report(root, cfg) == 2
+    assert f"{f}: prompt ids do not match" in capsys.readouterr().err
 
 
 _REPORT_ITEMS = """

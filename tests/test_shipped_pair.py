@@ -42,3 +42,14 @@ def test_models_load_as_declared(role, arch):
     assert len(tok) == sizes[f"{role}_vocab"] == m.config.vocab_size
     text = "Name three primary colours.\n\n### Response:\nRed, yellow and blue."
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_student_pretraining_text_prompts_only():
+    """`build.student_text: prompts`: the student base reads each prompt as text and no response."""
+    from dwakd.build import pretrain_records
+
+    recs = [{"prompt": "P1", "output": ["R1"]}, {"prompt": "P2", "output": ["R2", "R2b"]}]
+    assert pretrain_records(recs, "prompt_response") == recs
+    assert pretrain_records(recs, "prompts") == [{"prompt": "", "output": ["P1"]}, {"prompt": "", "output": ["P2"]}]
+    with pytest.raises(ValueError, match="build.student_text"):
+        pretrain_records(recs, "responses")

@@ -167,3 +167,17 @@ def test_missing_or_mismatched_bpb_samples_are_errors_naming_the_file():
                          _bpb_result([1.0, 2.0], [1, 2], ids=["a", "b"]), "m.json", "b.json")
     with pytest.raises(DataError, match=r"m\.json: prompt ids do not match b\.json"):
         stats.paired_bpb(_bpb_result([1.0], [1], ids=["a"]), _bpb_result([1.0], [1], ids=["z"]), "m.json", "b.json")
+
+
+def test_bpb_pairs_on_bpb_ids_when_present_and_on_ids_in_older_files():
+    """``eval.bpb_limit``: bpb may cover other prompts (``bpb_ids``) than ROUGE-L (``ids``); an eval JSON written
+    before ``bpb_ids`` existed has its bpb on ``ids``."""
+    new = {"ids": ["a"], "bpb_ids": ["a", "b", "c"], "bpb_samples": {"bits": [1.0, 2.0, 3.0], "bytes": [1, 1, 1]}}
+    old = _bpb_result([2.0, 2.0, 2.0], [1, 1, 1], ids=["a", "b", "c"])
+    assert stats.bpb_ids(new) == ["a", "b", "c"] and stats.bpb_ids(old) == ["a", "b", "c"]
+    pair = stats.paired_bpb(new, old, "new.json", "old.json")
+    assert len(pair) == 3 and pair.observed() == pytest.approx(0.0)
+    with pytest.raises(DataError, match=r"m\.json: bpb_samples: 3 bits and 3 byte counts for 1 prompt ids"):
+        stats.paired_bpb({**new, "bpb_ids": ["a"]}, old, "m.json", "old.json")
+    with pytest.raises(DataError, match=r"new\.json: prompt ids do not match short\.json \(3 prompts vs 1\)"):
+        stats.paired_bpb(new, _bpb_result([1.0], [1], ids=["a"]), "new.json", "short.json")

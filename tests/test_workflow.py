@@ -142,3 +142,19 @@ def test_snakemake_report_is_one_html_file_with_the_tables_and_figures(tiny_run,
                  "attention_1.png", "alignment_probe.png", "train_curves.png", "rougeL.png"):
         assert name in html, name
     assert "Cross-model attention" in html and "Token-alignment probe" in html  # the captions
+
+
+def test_mini_default_target_leaves_the_ablation_table_to_its_own_target(tmp_path):
+    """mini sets `ablation_in_all: false`: `snakemake` trains the main table's runs only; `snakemake ablation`
+    trains the ablation runs and writes tables/ablation.*."""
+    def jobs(*target):
+        r = snakemake("-n", "-p", "-d", str(tmp_path), "--cores", "2", *target)
+        out = r.stdout + r.stderr
+        cmds = [ln.split("Shell command: ", 1)[1] for ln in out.splitlines() if ln.startswith("Shell command: ")]
+        return {c.split("--run ")[1].split()[0] for c in cmds if " train " in c}, out
+
+    runs, out = jobs()
+    assert runs == {"sft", "seqkd", "uld", "mined", "dskd_cma", "dskd_eta", "cma_ga", "dwakd"}
+    assert "results/tables/ablation.md" not in out
+    runs, out = jobs("ablation")
+    assert {"dwakd_w_ew", "dwakd_srkl", "dskd_cma", "dwakd"} <= runs and "results/tables/ablation.md" in out

@@ -29,13 +29,15 @@ except C.ConfigError as e:
 PROFILE_NAME = config["profile"]
 PROFILE = config["profiles"][PROFILE_NAME]
 PAIRS = C.profile_pairs(PROFILE)
-# the result tables: main (copy floor, teacher, main_table) and, if the profile lists runs, ablation
+# the result tables: main (copy floor, teacher, main_table) and, if the profile lists runs, ablation; the default
+# target builds DEFAULT_TABLES (ablation too unless the profile's `ablation_in_all` is false: `snakemake ablation`)
 TABLES = C.tables(PROFILE)
+DEFAULT_TABLES = C.tables(PROFILE, default_only=True)
 
 R = config.get("results_dir") or PROFILE["results_dir"]
 EVAL_SETS = PROFILE["eval"]["sets"]
 LOCAL_SETS = [s for s in EVAL_SETS if s != "unni"]
-RUNS = C.table_runs(PROFILE)  # every run of every table, once
+RUNS = C.table_runs(PROFILE)  # every run of the default target's tables, once
 
 # Layout. One pair (`pair:`): everything under R. Several (`pairs:`): the data under R, each pair's models, runs,
 # evaluations, tables and figures under P = R/<pair>, and what depends on the teacher only (its fine-tuned model,

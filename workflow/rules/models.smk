@@ -55,7 +55,8 @@ if BUILT:
             cfg=CFG,
             pair=pair_of,
             key=lambda w: digest(config["pairs"][pair_of(w)][w.role],
-                                 config["pairs"][pair_of(w)].get("build", {}).get(f"{w.role}_pretrain")),
+                                 config["pairs"][pair_of(w)].get("build", {}).get(f"{w.role}_pretrain"),
+                                 config["pairs"][pair_of(w)].get("build", {}).get(f"{w.role}_text")),
             out=lambda w, output: parent(output[0]),
         threads: JOB_THREADS
         resources:
