@@ -51,7 +51,12 @@ def pretrain(role: str, spec: dict, tokenizer_dir: Path, records: list[dict], tr
     return out_dir / "model"
 
 
-PRETRAIN_TEXTS = ("prompt_response", "prompts")
+#: the student base's pre-training texts (``pairs.<pair>.build.student_text``) → how the model card names them
+PRETRAIN_TEXTS = {
+    "prompt_response": "prompt + response text",
+    "prompts": "the prompts only (instruction and context; no response text: the responses are what the default "
+               "run distils)",
+}
 
 
 def pretrain_records(records: list[dict], text: str = "prompt_response") -> list[dict]:
@@ -117,9 +122,7 @@ def ship(teacher_dir: Path, student_dir: Path, dest: Path, card: str, pair: dict
         tok.save_pretrained(tmp / role)
         info.update({f"{role}_params": count_parameters(m), f"{role}_arch": m.config.model_type,
                      f"{role}_vocab": len(tok)})
-    text = {"prompt_response": "prompt + response text",
-            "prompts": "the prompts only (instruction and context; no response text: the responses are what the "
-                       "default run distils)"}[pair.get("build", {}).get("student_text", "prompt_response")]
+    text = PRETRAIN_TEXTS[pair.get("build", {}).get("student_text", "prompt_response")]
     (tmp / "MODEL_CARD.md").write_text(card.format(build=yaml.safe_dump(pair.get("build", {})), student_text=text,
                                                    **info))
     (tmp / "sizes.json").write_text(json.dumps(info, indent=2))

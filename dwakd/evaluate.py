@@ -220,10 +220,10 @@ def response_bits_bytes(model, tokenizer, records: list[dict], max_prompt_len: i
             mask[b, :lengths[i]] = 1
         start = min(first[i] for i in batch) - 1  # the first position whose logits are needed
         kw = {keep_arg: L - start} if keep_arg and start > 0 else {}
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).logits
+        ids = ids.to(device)
+        logits = model(input_ids=ids, attention_mask=mask.to(device), **kw).logits
         if logits.shape[1] != L - start:  # all positions (no logits_to_keep, or a forward that ignores it)
             start = 0
-        ids = ids.to(device)
         for b, i in enumerate(batch):  # row by row: the fp32 copy of the logits stays one record's
             q, n = first[i], lengths[i]  # positions q..n-1 are scored, each from the logits one before
             nll = F.cross_entropy(logits[b, q - 1 - start:n - 1 - start].float(), ids[b, q:n], reduction="sum")
