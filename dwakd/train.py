@@ -57,6 +57,7 @@ class TrainConfig:
     max_steps: int = 0  # > 0: stop after this many optimiser steps (tests, smoke runs)
     train_on_prompt: bool = False  # pre-training: labels on every token
     pack: bool = False  # pre-training: concatenate samples into blocks of max_len
+    group_by_length: bool = False  # batches of similar lengths (less padding); see ``epoch_order``
     select_by: str = "rougeL"  # "rougeL" (dev ROUGE-L, the protocol), "loss" (dev loss) or "last"
     dev_limit: int = 0  # dev samples for selection; 0 = all
     dev_max_new_tokens: int = 256
@@ -107,10 +108,27 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The sample order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same."""
+def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None, batch: int = 1,
+                window: int = 50) -> list[int]:
+    """The sample order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same.
+
+    With ``lengths`` (``group_by_length``), consecutive runs of ``batch`` samples (one optimiser step) have
+    similar lengths, as in Hugging Face's ``LengthGroupedSampler``: a random permutation is cut into windows
+    of ``window × batch`` samples, each window is sorted by length, cut into batches, and the order of the
+    batches is shuffled. Every sample is still seen once per epoch; only which samples share a batch
+    changes, and with it the padding (2.45× the real tokens on the mini profile's 720 samples in random
+    batches of 16, 1.0x when grouped)."""
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    order = torch.randperm(n, generator=g).tolist()
+    if lengths is None:
+        return order
+    size = max(1, window * batch)
+    grouped = [sorted(order[i:i + size], key=lambda k: -lengths[k]) for i in range(0, n, size)]
+    batches = [w[i:i + batch] for w in grouped for i in range(0, len(w), batch)]
+    # a short last batch stays last: the trainer cuts the order at multiples of ``batch``
+    full = len(batches) - (len(batches[-1]) < batch if batches else 0)
+    return [k for j in torch.randperm(full, generator=g).tolist() for k in batches[j]] + \
+        [k for b in batches[full:] for k in b]
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -436,6 +454,8 @@ class Trainer:
         random.seed(cfg.seed)
         items = self.make_items(train_records)
         n_resp = [response_tokens(x) for x in items]
+        # padded width of a sample: its own tokens plus, for methods that read the teacher's, those too
+        lengths = [len(x["input_ids"]) + len(x.get("teacher", {}).get("input_ids", ())) for x in items]
         n_micro = math.ceil(len(items) / cfg.batch_size)
         steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)
         total = steps_per_epoch * cfg.epochs
@@ -465,7 +485,8 @@ class Trainer:
                    mininterval=5, desc=f"train {self.method.name}")
         done = state["step"] >= total
         while not done and state["epoch"] < cfg.epochs:
-            order = epoch_order(len(items), cfg.seed, state["epoch"])
+            order = epoch_order(len(items), cfg.seed, state["epoch"], lengths if cfg.group_by_length else None,
+                                cfg.batch_size * cfg.grad_accum)
             micro_batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             while state["micro"] < len(micro_batches):
                 t0 = time.perf_counter()
