@@ -23,14 +23,25 @@ def response_mask(labels: torch.Tensor) -> torch.Tensor:
     return m
 
 
-def response_tokens(labels_row: torch.Tensor) -> tuple[list[int], list[int]]:
-    """For one sequence: ``(logit_positions, target_ids)`` of its response tokens, in order.
+def response_tokens(labels_row) -> tuple[list[int], list[int]]:
+    """For one sequence (a label tensor row or a list): ``(logit_positions, target_ids)`` of its response
+    tokens, in order.
 
     ``target_ids`` are the labels ≠ −100 at label indices p ≥ 1; ``logit_positions`` are p − 1, the positions
     whose logits predict them.
     """
-    idx = (labels_row[1:] != IGNORE).nonzero().flatten()
-    return idx.tolist(), labels_row[1:][idx].tolist()
+    labels = labels_row.tolist() if isinstance(labels_row, torch.Tensor) else list(labels_row)
+    pos = [p - 1 for p in range(1, len(labels)) if labels[p] != IGNORE]
+    return pos, [labels[p + 1] for p in pos]
+
+
+def sample_pairs(student_labels, teacher_labels, pairs_of) -> list[tuple[int, int]]:
+    """One sample's aligned ``(student_position, teacher_position)`` logit positions: ``pairs_of(s_ids, t_ids)``
+    gives the aligned ``(i, j)`` indices into the sample's response tokens (``response_tokens`` of each side's
+    labels, a tensor row or a list)."""
+    s_pos, s_ids = response_tokens(student_labels)
+    t_pos, t_ids = response_tokens(teacher_labels)
+    return [(s_pos[i], t_pos[j]) for i, j in pairs_of(s_ids, t_ids)]
 
 
 def aligned_positions(student_labels: torch.Tensor, teacher_labels: torch.Tensor, pairs_of
@@ -42,13 +53,24 @@ def aligned_positions(student_labels: torch.Tensor, teacher_labels: torch.Tensor
     out_s: list[int] = []
     out_t: list[int] = []
     for b in range(student_labels.size(0)):
-        s_pos, s_ids = response_tokens(student_labels[b])
-        t_pos, t_ids = response_tokens(teacher_labels[b])
-        for i, j in pairs_of(s_ids, t_ids):
+        for sp, tp in sample_pairs(student_labels[b], teacher_labels[b], pairs_of):
             out_b.append(b)
-            out_s.append(s_pos[i])
-            out_t.append(t_pos[j])
+            out_s.append(sp)
+            out_t.append(tp)
     return out_b, out_s, out_t
+
+
+def aligned_tensors(batch: dict, align, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sample, student_position, teacher_position)`` long tensors of a batch's aligned pairs: the per-sample
+    lists the training loop cached with the data (``batch["pairs"]``, ``Method.token_pairs``), or else
+    ``align(student_labels, teacher_labels)`` computed now."""
+    if "pairs" in batch:
+        b = [k for k, ps in enumerate(batch["pairs"]) for _ in ps]
+        s = [p for ps in batch["pairs"] for p, _ in ps]
+        t = [q for ps in batch["pairs"] for _, q in ps]
+    else:
+        b, s, t = align(batch["student"]["labels"], batch["teacher"]["labels"])
+    return tuple(torch.tensor(x, dtype=torch.long, device=device) for x in (b, s, t))
 
 
 def tokens_of(tokenizer, ids: list[int]) -> list[str]:

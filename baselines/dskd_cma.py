@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from baselines._common import check_kd, pad_id, require_teacher, response_mask
 from dwakd.align.cma import CMAOutput, CrossModelAttention, index_embeddings, next_token_targets
-from dwakd.losses.divergences import divergence, forward_kl, token_ce
+from dwakd.losses.divergences import divergence, head_ce, head_divergence, token_ce
 from dwakd.methods.base import Method
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
@@ -67,11 +66,13 @@ class CMATerms:
     cma: CMAOutput
     student_mask: torch.Tensor  # [B, S] response positions
     teacher_mask: torch.Tensor  # [B, T]
-    z_t2s: torch.Tensor  # [N_s, V_s] projected-teacher logits at the student's response positions
-    z_s2t: torch.Tensor  # [N_t, V_t] projected-student logits at the teacher's response positions
+    z_t2s: torch.Tensor  # [N_s, V_s] projected-teacher logits at the student's response positions (detached)
     acc: torch.Tensor | None = None  # [N_s] bool: argmax z_t2s is the gold token (L_kd_stu's mask)
     kd_stu_pos: torch.Tensor | None = None  # [N_s] unmasked D_τ(p_t2s ‖ p_s) per position (``per_position``)
     kd_tea_pos: torch.Tensor | None = None  # [N_t] KL_τ(p_t ‖ p_s2t) per position (``per_position``)
+    student_rows: torch.Tensor | None = None  # [N_s, V_s] the student's logits at its response positions
+    teacher_rows: torch.Tensor | None = None  # [N_t, V_t] the teacher's logits at its response positions
+    # (z_s2t = (A_s2t V_s) · W_tᵀ [N_t, V_t] is not kept: L_kd_tea forms it block by block, head_divergence)
 
     def logs(self) -> dict[str, torch.Tensor]:
         return {"ce": self.ce.detach(), "ce_t2s": self.ce_t2s.detach(), "kd_stu": self.kd_stu.detach(),
@@ -102,23 +103,25 @@ def dual_space_cma_terms(cma: CrossModelAttention, student, teacher, student_pad
     w_s = lm_head_weight(student).detach()
     w_t = lm_head_weight(teacher).detach()
     y_s = next_token_targets(sl, student_pad)[smask]  # [N_s]
-    z_t2s = out.h_t2s[smask].to(w_s.dtype) @ w_s.T  # [N_s, V_s]
-    ce_t2s = F.cross_entropy(z_t2s.float(), y_s, reduction="sum")
+    h_t2s = out.h_t2s[smask]  # [N_s, d_s]
+    ce_t2s = head_ce(h_t2s, w_s, y_s)  # the [N_s, V_s] logits formed block by block (dwakd.losses.chunked)
+    with torch.no_grad():  # z_t2s is read detached only: the target of L_kd_stu, its mask, DWA-KD's gate
+        z_t2s = h_t2s.to(w_s.dtype) @ w_s.T  # [N_s, V_s]
     acc = z_t2s.argmax(-1) == y_s
-    z_s2t = out.h_s2t[tmask].to(w_t.dtype) @ w_t.T  # [N_t, V_t]
-    every = torch.ones_like(z_s2t[:, 0], dtype=torch.bool)
+    s_rows = student_out.logits[smask]  # [N_s, V_s]
+    t_rows = teacher_out.logits_at(tmask)  # [N_t, V_t] (no copy when the teacher kept its response rows only)
+    h_s2t = out.h_s2t[tmask]  # [N_t, d_t]; z_s2t = h_s2t · W_tᵀ is formed block by block, never whole
     stu_pos = tea_pos = None
     if per_position:
-        stu_pos = divergence(divergence_name, student_out.logits[smask], z_t2s.detach(), torch.ones_like(acc),
-                             temperature, reduction="none")
-        tea_pos = forward_kl(z_s2t, teacher_out.logits[tmask], every, temperature, reduction="none")
+        stu_pos = divergence(divergence_name, s_rows, z_t2s, torch.ones_like(acc), temperature, reduction="none")
+        tea_pos = head_divergence("fkl", h_s2t, w_t, t_rows, temperature, reduction="none")
         kd_stu, kd_tea = (stu_pos * acc).sum(), tea_pos.sum()
     else:
-        kd_stu = divergence(divergence_name, student_out.logits[smask], z_t2s.detach(), acc, temperature)
-        kd_tea = forward_kl(z_s2t, teacher_out.logits[tmask], every, temperature)
+        kd_stu = divergence(divergence_name, s_rows, z_t2s, acc, temperature)
+        kd_tea = head_divergence("fkl", h_s2t, w_t, t_rows, temperature)
     return CMATerms(ce=ce, ce_t2s=ce_t2s, kd_stu=kd_stu, kd_tea=kd_tea, t2s_acc=acc.sum().float(), cma=out,
-                    student_mask=smask, teacher_mask=tmask, z_t2s=z_t2s, z_s2t=z_s2t, acc=acc, kd_stu_pos=stu_pos,
-                    kd_tea_pos=tea_pos)
+                    student_mask=smask, teacher_mask=tmask, z_t2s=z_t2s, acc=acc, kd_stu_pos=stu_pos,
+                    kd_tea_pos=tea_pos, student_rows=s_rows, teacher_rows=t_rows)
 
 
 def model_dims(student, teacher) -> tuple[int, int]:
@@ -136,6 +139,7 @@ class DSKDCMA(Method):
                 "arXiv 2406.17328.")
     needs_teacher = True
     needs_teacher_tokens = True
+    teacher_logit_rows = "response"
     student_outputs: ClassVar[frozenset[str]] = frozenset({"hidden", "embeds"})
     teacher_outputs: ClassVar[frozenset[str]] = frozenset({"hidden", "embeds"})
 

@@ -52,21 +52,23 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from baselines._common import (
     aligned_positions,
+    aligned_tensors,
     check_choice,
     check_kd,
     require_offsets,
     require_teacher,
     require_tokenizers,
+    sample_pairs,
     tokens_of,
 )
 from dwakd.align.projection import pinv_t2s_init, s2t_matrix, shared_vocab, teacher_head_pinv
 from dwakd.align.tokens import exact_token_alignment, offsets_alignment
-from dwakd.losses.divergences import IGNORE, divergence, token_ce
+from dwakd.losses.chunked import rows_for
+from dwakd.losses.divergences import IGNORE, divergence, head_ce, head_divergence, token_ce
 from dwakd.methods.base import Method
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
@@ -107,6 +109,7 @@ class DSKDETA(Method):
                 "Models' (DSKD v2), arXiv 2504.11426; DSKD: EMNLP 2024, arXiv 2406.17328.")
     needs_teacher = True
     needs_teacher_tokens = True
+    teacher_logit_rows = "response"
     student_outputs: ClassVar[frozenset[str]] = frozenset({"hidden"})
     teacher_outputs: ClassVar[frozenset[str]] = frozenset({"hidden"})
 
@@ -150,16 +153,21 @@ class DSKDETA(Method):
             pairs.append((len(s_body), len(t_body)))
         return pairs
 
+    def _pairs(self, s_ids: list[int], t_ids: list[int]) -> list[tuple[int, int]]:
+        found = self._offsets_pairs(s_ids, t_ids) if self.cfg.alignment == "offsets" else None
+        if found is None:
+            found = eta_pairs(self.stok, self.ttok, s_ids, t_ids)
+        return found
+
     def align(self, student_labels: torch.Tensor, teacher_labels: torch.Tensor
               ) -> tuple[list[int], list[int], list[int]]:
         """``(sample, student_position, teacher_position)`` of the aligned pairs, in logit positions."""
-        def pairs(s_ids, t_ids):
-            found = self._offsets_pairs(s_ids, t_ids) if self.cfg.alignment == "offsets" else None
-            if found is None:
-                found = eta_pairs(self.stok, self.ttok, s_ids, t_ids)
-            return found
+        return aligned_positions(student_labels, teacher_labels, self._pairs)
 
-        return aligned_positions(student_labels, teacher_labels, pairs)
+    def token_pairs(self, student_labels: list[int], teacher_labels: list[int]) -> list[tuple[int, int]]:
+        """One sample's aligned ``(student, teacher)`` logit positions: it depends on the tokens only, so the
+        training loop computes it once with the data (``Method.token_pairs``)."""
+        return sample_pairs(student_labels, teacher_labels, self._pairs)
 
     # ---------------------------------------------------------------------------------------- loss
     def loss(self, batch, student_out, teacher_out):
@@ -168,26 +176,31 @@ class DSKDETA(Method):
         sl, tl = batch["student"]["labels"], batch["teacher"]["labels"]
         ce = token_ce(student_out.logits, sl)
         dev = student_out.logits.device
-        b, sp, tp = (torch.tensor(x, dtype=torch.long, device=dev) for x in self.align(sl, tl))
+        b, sp, tp = aligned_tensors(batch, self.align, dev)
         w_s = lm_head_weight(student).detach()
         w_t = lm_head_weight(teacher).detach()
 
         s_logits = student_out.logits[b, sp]  # [N, V_s]
-        t_logits = teacher_out.logits[b, tp]  # [N, V_t]
+        t_flat, t_idx = teacher_out.row_index(b, tp)  # the teacher rows of the pairs, read block by block
         h_s = student_out.hidden[b, sp]  # [N, d_s]
         h_t = teacher_out.hidden[b, tp].detach()  # [N, d_t]
 
-        # student space
-        z_t2s = self.t2s(h_t.to(self.t2s.weight.dtype)).to(w_s.dtype) @ w_s.T  # [N, V_s]
-        y_hat = self.label_map.to(dev)[t_logits.argmax(-1)]
-        ce_t2s = F.cross_entropy(z_t2s.float(), y_hat, ignore_index=IGNORE, reduction="sum")
+        # student space (z_t2s formed whole only without gradient; L_ce_t2s forms it block by block)
+        h_t2s = self.t2s(h_t.to(self.t2s.weight.dtype))  # [N, d_s]
+        with torch.no_grad():
+            z_t2s = h_t2s.to(w_s.dtype) @ w_s.T  # [N, V_s]
+            step = rows_for(t_flat.size(-1))
+            t_arg = torch.cat([t_flat[t_idx[k:k + step]].argmax(-1) for k in range(0, t_idx.numel(), step)]) \
+                if t_idx.numel() else t_idx
+        y_hat = self.label_map.to(dev)[t_arg]
+        ce_t2s = head_ce(h_t2s, w_s, y_hat)
         agree = (z_t2s.argmax(-1) == y_hat) & (y_hat != IGNORE)
-        kd_stu = divergence(cfg.divergence, s_logits, z_t2s.detach(), agree, cfg.temperature)
+        kd_stu = divergence(cfg.divergence, s_logits, z_t2s, agree, cfg.temperature)
 
-        # teacher space
+        # teacher space: z_s2t = (h_s M_s2t) · W_tᵀ formed block by block
         m_s2t = s2t_matrix(w_s, self.overlap_student, self.teacher_pinv)  # [d_s, d_t]
-        z_s2t = (h_s.float() @ m_s2t).to(w_t.dtype) @ w_t.T  # [N, V_t]
-        kd_tea = divergence(cfg.divergence, z_s2t, t_logits, torch.ones_like(b, dtype=torch.bool), cfg.temperature)
+        kd_tea = head_divergence(cfg.divergence, h_s.float() @ m_s2t, w_t, t_flat, cfg.temperature,
+                                 teacher_index=t_idx)
 
         a = cfg.kd_rate
         loss = (1.0 - a) * ce + a * (ce_t2s + kd_stu + kd_tea)

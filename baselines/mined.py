@@ -1,9 +1,12 @@
 """MinED — minimum-edit-distance token and vocabulary alignment (FuseLLM, Wan et al. 2024, arXiv 2401.10491),
 as re-implemented by DSKD (Zhang et al., EMNLP 2024, arXiv 2406.17328) for cross-tokenizer KD.
 
-1. Vocabulary map teacher → student (``build_vocab_map``, once per pair, see below): the identical token string
-   (markers converted ``Ġ↔▁``), else the student token of minimum edit distance between the lower-cased,
-   marker-free strings; the teacher EOS is mapped to the student EOS. Inverted student → teacher keeping one
+1. Vocabulary map teacher → student (``build_vocab_map``, once per pair, see below), by ``map_rule``:
+   ``"reference"`` (default, FuseLLM's rule, which reproduces the maps DSKD ships exactly): the teacher token
+   written with the student's space marker, the identical student string, else the student string of minimum
+   edit distance to it (raw strings, case kept; ties to the lowest id); ``"normalised"``: the identical string
+   (markers converted ``Ġ↔▁``), else the minimum edit distance between the lower-cased strings without their
+   leading marker. The teacher EOS is mapped to the student EOS. Inverted student → teacher keeping one
    teacher id per student id (``invert_vocab_map``: an identical string first, then the smallest distance).
 2. Per sample, DTW (``dtw_align``, edit-distance cost, markers stripped) between the student's and the
    teacher's response *target* tokens: position k of a side is represented by the token it predicts,
@@ -32,7 +35,8 @@ vocabularies (its fingerprint differs) is an error. A ``vocab_map`` path that do
 written there (a cache for runs by hand); without ``vocab_map`` the map is built in memory.
 
 Map file (JSON): ``teacher_to_student`` (the id list), ``fingerprint`` (sha256 of both vocabularies,
-``vocab_fingerprint``), ``teacher_vocab_size``, ``student_vocab_size``, ``overrides`` (the EOS mapping).
+``vocab_fingerprint``), ``teacher_vocab_size``, ``student_vocab_size``, ``overrides`` (the EOS mapping),
+``rule`` (the ``map_rule`` it was built with).
 """
 
 from __future__ import annotations
@@ -49,15 +53,20 @@ import torch.nn.functional as F
 
 from baselines._common import (
     aligned_positions,
+    aligned_tensors,
+    check_choice,
     check_kd,
     require_teacher,
     require_tokenizers,
     response_mask,
+    sample_pairs,
     tokens_of,
 )
-from dwakd.align.tokens import build_vocab_map, dtw_align, invert_vocab_map, one_to_one
+from dwakd.align.tokens import VOCAB_MAP_RULES, build_vocab_map, dtw_align, invert_vocab_map, one_to_one
 from dwakd.atomic import atomic_write_text
 from dwakd.errors import ConfigError
+from dwakd.files import read_json, regenerate_hint
+from dwakd.losses.chunked import rows_for, rowwise
 from dwakd.losses.divergences import kl_from_logprobs, token_ce
 from dwakd.methods.base import Method
 from dwakd.models import lm_head_weight
@@ -73,9 +82,11 @@ class MinEDConfig:
     kd_rate: float = 0.5  # α (DSKD scripts/gpt2/minedit_gpt2_base.sh: KD_RATE=0.5)
     temperature: float = 2.0  # τ (same script: KD_TEMP=2.0)
     vocab_map: str = ""  # the teacher→student map from `dwakd vocab-map` (`dwakd train --vocab-map`); "" = build
+    map_rule: str = "reference"  # "reference" (FuseLLM's, reproduces DSKD's maps) | "normalised"
 
     def validate(self, where: str) -> None:
         check_kd(self, where)
+        check_choice(where, "map_rule", self.map_rule, VOCAB_MAP_RULES)
 
 
 def vocab_fingerprint(teacher_vocab: dict, student_vocab: dict) -> str:
@@ -91,9 +102,10 @@ def eos_override(teacher_tokenizer, student_tokenizer) -> dict[int, int]:
     return {teacher_tokenizer.eos_token_id: student_tokenizer.eos_token_id}
 
 
-def mined_vocab_map(teacher_tokenizer, student_tokenizer, workers: int = -1) -> list[int]:
-    """MinED's teacher → student map of two tokenizers (step 1): ``build_vocab_map`` plus the EOS override."""
-    return build_vocab_map(teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab(), workers=workers,
+def mined_vocab_map(teacher_tokenizer, student_tokenizer, workers: int = -1, rule: str = "reference") -> list[int]:
+    """MinED's teacher → student map of two tokenizers (step 1): ``build_vocab_map`` with ``rule`` plus the EOS
+    override (a no-op for the published pairs, whose EOS strings are identical)."""
+    return build_vocab_map(teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab(), rule=rule, workers=workers,
                            overrides=eos_override(teacher_tokenizer, student_tokenizer))
 
 
@@ -109,18 +121,25 @@ def write_vocab_map(path: str | os.PathLike, t2s: list[int], teacher_tokenizer, 
     atomic_write_text(path, json.dumps(data))
 
 
-def read_vocab_map(path: str | os.PathLike, teacher_tokenizer, student_tokenizer) -> list[int]:
-    """A stored map, checked against the two tokenizers' vocabularies (a mismatch names the file)."""
+def read_vocab_map(path: str | os.PathLike, teacher_tokenizer, student_tokenizer, rule: str | None = None
+                   ) -> list[int]:
+    """A stored map, checked against the two tokenizers' vocabularies and, when both are known, the rule it was
+    built with (a mismatch names the file; files written before the rule was stored carry none)."""
     path = Path(path)
+    data = read_json(path, "vocabulary map")  # missing, truncated, not UTF-8: DataError naming the file
     try:
-        data = json.loads(path.read_text())
         fp, t2s = data["fingerprint"], data["teacher_to_student"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: not a vocabulary map written by `dwakd vocab-map` ({e})") from None
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a vocabulary map written by `dwakd vocab-map` ({e}); "
+                          f"{regenerate_hint(path)}") from None
     want = vocab_fingerprint(teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab())
     if fp != want:
         raise ConfigError(f"{path}: this vocabulary map was built for other tokenizers (fingerprint {fp[:12]}, these "
                           f"are {want[:12]}); rebuild it with `dwakd vocab-map`")
+    stored = data.get("rule")
+    if rule is not None and stored is not None and stored != rule:
+        raise ConfigError(f"{path}: this vocabulary map was built with rule {stored!r}, the run asks for {rule!r} "
+                          f"(map_rule); rebuild it with `dwakd vocab-map --rule {rule}`")
     return [int(x) for x in t2s]
 
 
@@ -134,6 +153,7 @@ class MinED(Method):
                 "re-implemented for KD by Zhang et al., EMNLP 2024, arXiv 2406.17328.")
     needs_teacher = True
     needs_teacher_tokens = True
+    teacher_logit_rows = "response"
     student_outputs: ClassVar[frozenset[str]] = frozenset()
     teacher_outputs: ClassVar[frozenset[str]] = frozenset()
 
@@ -157,51 +177,69 @@ class MinED(Method):
     def _load_or_build_map(self) -> list[int]:
         path = Path(self.cfg.vocab_map) if self.cfg.vocab_map else None
         if path is not None and path.exists():  # given: read, never rebuilt
-            return read_vocab_map(path, self.ttok, self.stok)
-        t2s = mined_vocab_map(self.ttok, self.stok)
+            return read_vocab_map(path, self.ttok, self.stok, rule=self.cfg.map_rule)
+        t2s = mined_vocab_map(self.ttok, self.stok, rule=self.cfg.map_rule)
         if path is not None:
-            write_vocab_map(path, t2s, self.ttok, self.stok)
+            write_vocab_map(path, t2s, self.ttok, self.stok, rule=self.cfg.map_rule)
         return t2s
+
+    def _pairs(self, s_ids: list[int], t_ids: list[int]) -> list[tuple[int, int]]:
+        """Aligned ``(i, j)`` response-token indices of one sample (steps 2–3 of the module docstring)."""
+        t2s = self._t2s_list
+        path = dtw_align(tokens_of(self.stok, s_ids), tokens_of(self.ttok, t_ids))
+        return [(i, j) for i, j in sorted(one_to_one(path).items())
+                if 0 <= t_ids[j] < len(t2s) and t2s[t_ids[j]] == s_ids[i]]
 
     def align(self, student_labels: torch.Tensor, teacher_labels: torch.Tensor
               ) -> tuple[list[int], list[int], list[int]]:
         """``(sample, student_position, teacher_position)`` lists of the positions that take the teacher
         distribution (steps 2–3 of the module docstring)."""
-        t2s = self._t2s_list
+        return aligned_positions(student_labels, teacher_labels, self._pairs)
 
-        def pairs(s_ids, t_ids):
-            path = dtw_align(tokens_of(self.stok, s_ids), tokens_of(self.ttok, t_ids))
-            return [(i, j) for i, j in sorted(one_to_one(path).items())
-                    if 0 <= t_ids[j] < len(t2s) and t2s[t_ids[j]] == s_ids[i]]
-
-        return aligned_positions(student_labels, teacher_labels, pairs)
+    def token_pairs(self, student_labels: list[int], teacher_labels: list[int]) -> list[tuple[int, int]]:
+        """One sample's aligned ``(student, teacher)`` logit positions: the DTW depends on the tokens only, so
+        the training loop computes it once with the data (``Method.token_pairs``), not at every step."""
+        return sample_pairs(student_labels, teacher_labels, self._pairs)
 
     def loss(self, batch, student_out, teacher_out):
         cfg = self.cfg
-        sl, tl = batch["student"]["labels"], batch["teacher"]["labels"]
-        s_logits, t_logits = student_out.logits, teacher_out.logits
+        sl = batch["student"]["labels"]
+        s_logits = student_out.logits
         ce = token_ce(s_logits, sl)
         dev = s_logits.device
-        b, sp, tp = (torch.tensor(x, dtype=torch.long, device=dev) for x in self.align(sl, tl))
+        b, sp, tp = aligned_tensors(batch, self.align, dev)
 
-        # aligned positions: the teacher distribution gathered into the student vocabulary
+        # aligned positions: the teacher distribution gathered into the student vocabulary (block by block)
         s2t = self.s2t.to(dev)
         if s2t.numel() != s_logits.size(-1):
             raise ValueError(f"{self.name}: the student logits have {s_logits.size(-1)} entries but the vocabulary "
                              f"map was built for {s2t.numel()}")
-        rows = t_logits[b, tp].float()  # [N, V_t]
-        gathered = rows[:, s2t.clamp_min(0)].masked_fill(s2t < 0, UNMAPPED)  # [N, V_s]
-        target_logp = torch.log_softmax(gathered / cfg.temperature, dim=-1).detach()
-        kd_aligned = kl_from_logprobs(target_logp, s_logits[b, sp], torch.ones_like(b, dtype=torch.bool),
-                                      cfg.temperature)
+        t_flat, t_idx = teacher_out.row_index(b, tp)
+        tau = cfg.temperature
+
+        def kl_rows(s, i, t, m):
+            gathered = t[i].float()[:, m.clamp_min(0)].masked_fill(m < 0, UNMAPPED)  # [n, V_s]
+            target_logp = torch.log_softmax(gathered / tau, dim=-1).detach()
+            return kl_from_logprobs(target_logp, s, torch.ones_like(i, dtype=torch.bool), tau, reduction="none")
+
+        n = b.numel()
+        rows = rows_for(t_flat.size(-1))
+        kd_aligned = rowwise(kl_rows, [s_logits[b, sp], t_idx], [t_flat, s2t],
+                             chunk_rows=rows if n > rows else None).sum()
 
         # every other response position: one-hot at the gold token, KL = −log p_s,τ(y)
         other = response_mask(sl)
         other[b, sp] = False
         gold = sl[:, 1:][other[:, :-1]]
-        kd_onehot = F.cross_entropy(s_logits[other].float() / cfg.temperature, gold, reduction="sum")
+
+        def ce_rows(s, y):
+            return F.cross_entropy(s.float() / tau, y, reduction="none")
+
+        n_other = gold.numel()
+        rows = rows_for(s_logits.size(-1))
+        kd_onehot = rowwise(ce_rows, [s_logits[other], gold], chunk_rows=rows if n_other > rows else None).sum()
 
         kd = kd_aligned + kd_onehot
         loss = (1.0 - cfg.kd_rate) * ce + cfg.kd_rate * kd
         return loss, {"ce": ce.detach(), "kd": kd.detach(),
-                      "aligned_ratio": torch.tensor(float(b.numel()), device=dev)}
+                      "aligned_ratio": torch.tensor(float(n), device=dev)}

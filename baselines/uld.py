@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines._common import check_choice, check_kd, n_response_tokens, require_teacher, response_mask
+from dwakd.losses.chunked import rows_for, rowwise
 from dwakd.losses.divergences import token_ce
 from dwakd.methods.base import Method
 from dwakd.registry import register
@@ -67,9 +68,63 @@ class ULDConfig:
 
 
 def sorted_probs(logits: torch.Tensor, temperature: float, width: int) -> torch.Tensor:
-    """``softmax(logits/τ)`` [N, V] sorted in descending order, zero-padded on the right to ``width``."""
+    """``softmax(logits/τ)`` [N, V] sorted in descending order, zero-padded on the right to ``width`` (the
+    reference form of the distance; ``uld_distance`` computes the same without the padding)."""
     p = torch.softmax(logits.float() / temperature, dim=-1).sort(dim=-1, descending=True).values
     return F.pad(p, (0, width - p.size(-1))) if width > p.size(-1) else p
+
+
+def _sorted(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.softmax(logits.float() / temperature, dim=-1).sort(dim=-1, descending=True).values
+
+
+def teacher_sorted_head(teacher_logits: torch.Tensor, index: torch.Tensor | None, k: int, temperature: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher side of ULD, without gradient: ``(p̂_t[:, :k] [N, k], Σ_{r ≥ k} p̂_t(r) [N])``, the sorted
+    probabilities of rows ``index`` of ``teacher_logits [M, V_t]`` (all rows when None), block by block (the sort's
+    64-bit indices exist for one block at a time)."""
+    with torch.no_grad():
+        n = teacher_logits.size(0) if index is None else index.numel()
+        step = rows_for(teacher_logits.size(-1))
+        heads, tails = [], []
+        for a in range(0, n, step):
+            rows = teacher_logits[a:a + step] if index is None else teacher_logits[index[a:a + step]]
+            p = _sorted(rows, temperature)
+            heads.append(p[:, :k])
+            tails.append(p[:, k:].sum(-1))
+        if not heads:
+            return teacher_logits.new_zeros((0, min(k, teacher_logits.size(-1))), dtype=torch.float32), \
+                teacher_logits.new_zeros((0,), dtype=torch.float32)
+        return torch.cat(heads), torch.cat(tails)
+
+
+def uld_distance(student_rows: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                 teacher_index: torch.Tensor | None = None, chunk_rows: int | str | None = "auto") -> torch.Tensor:
+    """``Σ_r |p̂_s(r) − p̂_t(r)|`` per row [N] for ``student_rows [N, V_s]`` and the teacher rows (``teacher_logits
+    [N, V_t]``, or its rows ``teacher_index [N]``), the shorter sorted vector zero-padded — computed without the
+    padding: with ``k = min(V_s, V_t)``, ``Σ_{r<k} |p̂_s(r) − p̂_t(r)|`` plus the sorted tail mass of the longer
+    side, ``Σ_{r≥k} p̂(r)`` (where the other side is 0). The teacher side is sorted without gradient; the
+    student side in blocks of rows recomputed in the backward pass (``dwakd.losses.chunked``; ``chunk_rows``
+    None: one block)."""
+    k = min(student_rows.size(-1), teacher_logits.size(-1))
+    pt_head, pt_tail = teacher_sorted_head(teacher_logits, teacher_index, k, temperature)
+
+    def rows_fn(s, pt, tail_t):
+        ps = _sorted(s, temperature)
+        return (ps[:, :k] - pt).abs().sum(-1) + ps[:, k:].sum(-1) + tail_t
+
+    n = student_rows.size(0)
+    rows = rows_for(max(student_rows.size(-1), teacher_logits.size(-1))) if chunk_rows == "auto" else chunk_rows
+    return rowwise(rows_fn, [student_rows, pt_head, pt_tail],
+                   chunk_rows=rows if rows is not None and n > rows else None)
+
+
+def _paired(student_mask: torch.Tensor, teacher_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first min(n_s, n_t) response positions of each side, per sample: ``(s_sel, t_sel)`` [B, L*]."""
+    n = torch.minimum(student_mask.sum(1), teacher_mask.sum(1))[:, None]
+    s_sel = student_mask & (student_mask.long().cumsum(1) <= n)
+    t_sel = teacher_mask & (teacher_mask.long().cumsum(1) <= n)
+    return s_sel, t_sel
 
 
 def uld_pairs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_mask: torch.Tensor,
@@ -80,13 +135,8 @@ def uld_pairs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, studen
     The i-th masked position of each side are paired, for i < min(n_s, n_t) per sample. Returns
     ``(uld [N], sample [N])``; positions outside the pairs get exactly zero gradient.
     """
-    n = torch.minimum(student_mask.sum(1), teacher_mask.sum(1))[:, None]
-    s_sel = student_mask & (student_mask.long().cumsum(1) <= n)
-    t_sel = teacher_mask & (teacher_mask.long().cumsum(1) <= n)
-    width = max(student_logits.size(-1), teacher_logits.size(-1))
-    ps = sorted_probs(student_logits[s_sel], temperature, width)
-    pt = sorted_probs(teacher_logits[t_sel], temperature, width)
-    return (ps - pt).abs().sum(-1), s_sel.nonzero()[:, 0]
+    s_sel, t_sel = _paired(student_mask, teacher_mask)
+    return uld_distance(student_logits[s_sel], teacher_logits[t_sel], temperature), s_sel.nonzero()[:, 0]
 
 
 @register
@@ -99,6 +149,7 @@ class ULD(Method):
                 "Loss for LLMs', arXiv 2402.12030; DSKD's variant: Zhang et al., EMNLP 2024, arXiv 2406.17328.")
     needs_teacher = True
     needs_teacher_tokens = True
+    teacher_logit_rows = "response"
     student_outputs: ClassVar[frozenset[str]] = frozenset()
     teacher_outputs: ClassVar[frozenset[str]] = frozenset()
 
@@ -110,8 +161,10 @@ class ULD(Method):
         cfg = self.cfg
         sl, tl = batch["student"]["labels"], batch["teacher"]["labels"]
         ce = token_ce(student_out.logits, sl)
-        uld, sample = uld_pairs(student_out.logits, teacher_out.logits, response_mask(sl), response_mask(tl),
-                                cfg.temperature)
+        s_sel, t_sel = _paired(response_mask(sl), response_mask(tl))
+        t_flat, t_idx = teacher_out.row_index(*t_sel.nonzero().unbind(1))  # the teacher's rows, not copied
+        uld = uld_distance(student_out.logits[s_sel], t_flat, cfg.temperature, teacher_index=t_idx)
+        sample = s_sel.nonzero()[:, 0]
         v = VARIANTS[cfg.variant]
         if v.reduce == "sum":
             term = uld.sum()

@@ -38,8 +38,9 @@ import pandas as pd
 import torch
 
 from dwakd import config as C
-from dwakd.atomic import atomic_file
+from dwakd.atomic import atomic_file, atomic_write_text
 from dwakd.errors import ConfigError
+from dwakd.files import RECEIPT
 
 ATTENTION_COLUMNS = ["run", "method", "sample", "i", "j", "student_token", "teacher_token", "weight"]
 BAND_COLUMNS = ["run", "sample", "i", "centre", "half_width"]
@@ -193,8 +194,8 @@ def probe(maps: list[SampleMap], pairs: list[list[tuple[int, int]]]) -> dict:
 
 
 def write_probe(df: pd.DataFrame, out: Path, set_title: str) -> None:
-    """``alignment_probe.{csv,md,tex}``."""
-    df.to_csv(out / "alignment_probe.csv", index=False)
+    """``alignment_probe.{csv,md,tex}``, each written atomically (a reader never sees a partial table)."""
+    _atomic_csv(df, out / "alignment_probe.csv")
     shown = df.rename(columns={"method": "Method", "n_aligned_pairs": "Aligned pairs",
                                "mass_on_aligned": "Mass on aligned", "top1_on_aligned": "Top-1 on aligned",
                                "chance": "Chance (uniform)"}).set_index("Method")
@@ -208,9 +209,9 @@ def write_probe(df: pd.DataFrame, out: Path, set_title: str) -> None:
             f"value of a uniform attention (1/T).")
     md = ["## Token-alignment probe (cross-model attention A_t2s; higher is better)\n",
           shown.to_markdown(colalign=("left",) + ("right",) * 4, disable_numparse=True), "", note]
-    (out / "alignment_probe.md").write_text("\n".join(md) + "\n")
+    atomic_write_text(out / "alignment_probe.md", "\n".join(md) + "\n")
     tex = ["% " + note, shown.to_latex(escape=True)]
-    (out / "alignment_probe.tex").write_text("\n".join(tex))
+    atomic_write_text(out / "alignment_probe.tex", "\n".join(tex))
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -244,7 +245,7 @@ def export(cfg: dict, models: Path, runs_dir: Path, data_dir: Path, out: Path, l
         raise FileNotFoundError(
             f"{', '.join(str(runs_dir / r / 'model') for r in stale)}: no {METHOD_STATE} (the method's trained "
             f"parameters, saved by `dwakd train` since the figures were added); retrain: snakemake --cores all -f "
-            f"{' '.join(str(runs_dir / r / 'model') for r in stale)}")
+            f"{' '.join(str(runs_dir / r / RECEIPT) for r in stale)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = stok = ttok = None
     if probe_runs:

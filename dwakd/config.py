@@ -83,6 +83,9 @@ def _schema_error(e: jsonschema.ValidationError) -> tuple[str, str]:
         msg = f"expected no item twice, got {got!r}"
     else:
         msg = e.message
+    msg = " ".join(msg.split())  # one line, whatever the instance
+    if len(msg) > 300:
+        msg = msg[:300] + " …"
     return ".".join(path) or "(top level)", msg
 
 
@@ -95,6 +98,23 @@ def validate(cfg: dict, source: str | None = None) -> None:
         raise ConfigError(f"{source}: {key}: {msg}" if source else f"{key}: {msg}")
 
 
+def read_yaml(path: Path) -> dict:
+    """A config file's mapping; unreadable YAML (a truncated or non-UTF-8 file) is a ``ConfigError`` naming the
+    file and line (a workflow's ``config.resolved.yaml`` is rewritten by the next ``snakemake`` run)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start + 1}); fix or regenerate the file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        what = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"{where}: not readable YAML ({what}); fix or regenerate the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
 def load(paths: list[str | Path] | None = None, overrides: dict | None = None) -> dict:
     """Merge the config files (later wins) and overrides, validate, and return the full config."""
     paths = [Path(p) for p in (paths or [DEFAULT_CONFIG])]
@@ -102,7 +122,7 @@ def load(paths: list[str | Path] | None = None, overrides: dict | None = None) -
     for p in paths:
         if not p.exists():
             raise ConfigError(f"{p}: config file not found")
-        cfg = deep_merge(cfg, yaml.safe_load(p.read_text()) or {})
+        cfg = deep_merge(cfg, read_yaml(p))
     cfg = deep_merge(cfg, overrides or {})
     try:
         validate(cfg)

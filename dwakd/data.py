@@ -7,9 +7,7 @@ record and fails with the file, the line number and the field.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -20,15 +18,10 @@ from typing import Iterable
 
 from dwakd.atomic import atomic_file
 from dwakd.errors import DataError
+from dwakd.files import iter_jsonl_lines, regenerate_hint
 
 ASSETS = Path(str(resources.files("dwakd") / "assets"))
 SHIPPED_DATA = ASSETS / "data"
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if str(path).endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
 
 
 def validate_record(rec: object, where: str) -> dict:
@@ -71,18 +64,18 @@ def load_jsonl(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     records = []
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            records.append(validate_record(rec, where))
+    for lineno, line in iter_jsonl_lines(path):  # a non-UTF-8 byte or a truncated .gz: DataError file:line
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: malformed JSON ({e.msg}, column {e.colno}); {regenerate_hint(path)}"
+                            ) from None
+        records.append(validate_record(rec, where))
     if not records:
-        raise DataError(f"{path}: no records")
+        raise DataError(f"{path}: no records; {regenerate_hint(path)}")
     return records
 
 
@@ -113,10 +106,10 @@ def verify_checksums(directory: Path, sums_file: str = "SHA256SUMS") -> None:
         name = name.lstrip("*")
         f = directory / name
         if not f.exists():
-            raise DataError(f"{f}: listed in {sums} but missing")
+            raise DataError(f"{f}: listed in {sums} but missing; {regenerate_hint(f)}")
         got = sha256_file(f)
         if got != digest:
-            raise DataError(f"{f}: sha256 {got} does not match {digest} in {sums}")
+            raise DataError(f"{f}: sha256 {got} does not match {digest} in {sums}; {regenerate_hint(f)}")
 
 
 _PROMPT_PARTS = re.compile(

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from dwakd.errors import DataError
+from dwakd.files import RECEIPT, iter_jsonl_lines
 from dwakd.atomic import atomic_file
 from dwakd.report import latex_text, to_latex, to_markdown, write_table_files
 
@@ -41,12 +42,14 @@ def read_train_log(path: Path | str) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: no training log")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    redo = (f"the log is written by the run's training: retrain it (snakemake --cores all -f "
+            f"{path.parent / RECEIPT})")
+    for n, line in iter_jsonl_lines(path, redo):
         if line.strip():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not a JSON line ({e})") from e
+                raise DataError(f"{path}:{n}: not a JSON line: {e}; {redo}") from None
     df = pd.DataFrame.from_records(records)
     if "loss" not in df or "step" not in df:
         raise DataError(f"{path}: no optimiser-step lines (lines with 'step' and 'loss')")

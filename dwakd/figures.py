@@ -319,9 +319,16 @@ def read_table(path: Path) -> pd.DataFrame | None:
     """A tables CSV (token columns kept as written: no NaN for 'nan', 'NULL' or empty tokens), or None."""
     if not path.exists():
         return None
-    return pd.read_csv(path, keep_default_na=False, na_values={"weight": [""], "mean": [""], "std": [""]},
-                       dtype={"student_token": str, "teacher_token": str, "sample": str, "method": str,
-                              "run": str})
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values={"weight": [""], "mean": [""], "std": [""]},
+                           dtype={"student_token": str, "teacher_token": str, "sample": str, "method": str,
+                                  "run": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        from dwakd.errors import DataError
+        from dwakd.files import regenerate_hint
+
+        raise DataError(f"{path}: unreadable table ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                        f"{regenerate_hint(path)}") from None
 
 
 def save(fig: Figure, out: Path, name: str) -> list[Path]:

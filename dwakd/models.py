@@ -22,6 +22,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from dwakd.errors import ConfigError
+from dwakd.files import DamagedModelError, folder_redo, verify_model_dir
 
 #: the dtypes a model may be loaded / trained in, by their config name
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,6 +46,47 @@ class LMOutput:
     logits: torch.Tensor
     hidden: torch.Tensor | None = None
     embeds: torch.Tensor | None = None
+    #: bool [B, L] or None. When set, ``logits`` holds the rows of these positions only, ``[N, V]`` in row-major
+    #: order (``forward(..., rows=...)``: the training loop asks the teacher for its response positions only);
+    #: read logits with ``logits_at`` / ``logits_index``, which work for both layouts
+    rows: torch.Tensor | None = None
+
+    def _row_index(self) -> torch.Tensor:
+        idx = torch.full(self.rows.shape, -1, dtype=torch.long, device=self.rows.device)
+        idx[self.rows] = torch.arange(int(self.rows.sum()), device=self.rows.device)
+        return idx
+
+    def logits_at(self, mask: torch.Tensor) -> torch.Tensor:
+        """The logits ``[n, V]`` at the positions of the bool ``mask [B, L]`` (row-major order), i.e.
+        ``logits[mask]`` of the full layout; no copy when ``mask`` is exactly ``rows``."""
+        if self.rows is None:
+            return self.logits[mask]
+        mask = mask.bool()
+        if mask.shape == self.rows.shape and torch.equal(mask, self.rows):
+            return self.logits
+        return self._take(self._row_index()[mask])
+
+    def logits_index(self, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """The logits ``[n, V]`` at the positions ``(b[k], p[k])``, i.e. ``logits[b, p]`` of the full layout."""
+        if self.rows is None:
+            return self.logits[b, p]
+        return self._take(self._row_index()[b, p])
+
+    def row_index(self, b: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(flat logits [M, V], rows [n])`` with ``flat[rows] == logits_index(b, p)``, without copying the
+        rows: for code that gathers them block by block."""
+        if self.rows is None:
+            return self.logits.flatten(0, -2), b * self.logits.size(1) + p
+        idx = self._row_index()[b, p]
+        if bool((idx < 0).any()):
+            raise IndexError("LMOutput: asked for logits at positions outside ``rows``")
+        return self.logits, idx
+
+    def _take(self, idx: torch.Tensor) -> torch.Tensor:
+        if bool((idx < 0).any()):
+            raise IndexError("LMOutput: asked for logits at positions outside ``rows`` (the forward pass kept "
+                             "only those)")
+        return self.logits[idx]
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -227,13 +269,29 @@ def load_model(path: str | Path, dtype: torch.dtype | str = torch.float32, revis
         kwargs["revision"] = revision
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if Path(src).is_dir():
+        verify_model_dir(src)  # checksums written at save time: a damaged file is named, with how to redo it
+        try:
+            return AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        except Exception as e:  # noqa: BLE001 (safetensors, torch and transformers raise many kinds)
+            raise DamagedModelError(f"{src}: the model cannot be loaded ({type(e).__name__}: "
+                                    f"{_first_line(e)}); the folder is damaged or incomplete; "
+                                    f"{folder_redo(src)}") from None
     try:
         return AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except OSError as e:
-        if Path(src).is_dir():
-            raise
         raise OSError(f"{src}: could not load it from the Hugging Face hub (revision {revision or 'main'}): not a "
                       f"local folder, and the hub has no such model or cannot be reached ({e})") from e
+
+
+# the files of tokenizers that need no tokenizer.json (sentencepiece, GPT-2's BPE files, tiktoken)
+_SLOW_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "vocab.txt",
+                         "tokenizer.tiktoken")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[0] if lines else "no detail")[:200]
 
 
 def load_tokenizer(path: str | Path, revision: str | None = None):
@@ -241,7 +299,21 @@ def load_tokenizer(path: str | Path, revision: str | None = None):
     Mistral). Training right-pads and masks padding, generation left-pads with an attention mask, so a pad
     equal to EOS is never confused with a real EOS."""
     src = _source(path, "tokenizer")
-    tok = AutoTokenizer.from_pretrained(src, **({"revision": revision} if revision else {}))
+    if Path(src).is_dir():
+        verify_model_dir(src)
+        folder = Path(src)
+        if (not (folder / "tokenizer.json").exists() and (folder / "tokenizer_config.json").exists()
+                and not any((folder / n).exists() for n in _SLOW_TOKENIZER_FILES)):
+            raise DamagedModelError(f"{folder / 'tokenizer.json'}: missing (the folder has tokenizer_config.json but "
+                                    f"no tokenizer file); the model folder is incomplete; "
+                                    f"{folder_redo(folder)}")
+        try:
+            tok = AutoTokenizer.from_pretrained(src)
+        except Exception as e:  # noqa: BLE001
+            raise DamagedModelError(f"{src}: the tokenizer cannot be loaded ({type(e).__name__}: {_first_line(e)}); "
+                                    f"the folder is damaged or incomplete; {folder_redo(src)}") from None
+    else:
+        tok = AutoTokenizer.from_pretrained(src, **({"revision": revision} if revision else {}))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -266,36 +338,84 @@ def embed_dim(model: PreTrainedModel) -> int:
     return model.get_input_embeddings().weight.size(1)
 
 
+def position_limit(model) -> int | None:
+    """The most positions ``model`` can read (``max_position_embeddings``, GPT-2's ``n_positions``), or None when
+    its config names no limit."""
+    cfg = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions"):
+        v = getattr(cfg, attr, None)
+        if _is_int(v) and v > 0:
+            return v
+    return None
+
+
+def check_position_limits(max_len: int, models: dict, key: str = "train.max_len") -> None:
+    """Fail before any step when ``max_len`` (the config key ``key``) exceeds a model's position limit:
+    ``models`` maps a role ("student", "teacher") to a model (None skipped). A GPT-2 student has 1,024
+    positions; a longer batch would raise a bare ``IndexError`` in the middle of training."""
+    for role, m in models.items():
+        if m is None:
+            continue
+        limit = position_limit(m)
+        if limit is not None and max_len > limit:
+            name = getattr(getattr(m, "config", None), "_name_or_path", "") or type(m).__name__
+            raise ConfigError(f"{key}: {max_len} tokens exceed the {role} model's position limit of {limit} "
+                              f"({name}, {type(m).__name__}); set {key} to at most {limit}")
+
+
+#: config attributes of models whose forward changes the logits after the LM head (then ``rows`` computes them
+#: all and keeps the rows, instead of running the head on the rows only)
+_POST_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
 def forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            hidden: bool = False, embeds: bool = False) -> LMOutput:
+            hidden: bool = False, embeds: bool = False, rows: torch.Tensor | None = None) -> LMOutput:
     """One forward pass returning what the method needs (see ``LMOutput``).
 
     The embeddings are looked up here and passed as ``inputs_embeds`` (so ``embeds`` is the tensor the model
     ran on); the last hidden state is captured at the LM head's input, without ``output_hidden_states``
-    (which would also keep every layer's output)."""
+    (which would also keep every layer's output). ``rows`` (bool [B, L]): keep the logits of these positions
+    only (``LMOutput.rows``); the LM head then runs on those rows alone, so the full ``[B, L, V]`` logits are
+    never formed (for a model whose forward changes the logits after its head, they are, and the rows kept)."""
     emb = model.get_input_embeddings()(input_ids)
     captured: list[torch.Tensor] = []
+    head = model.get_output_embeddings()
+    cfg = getattr(model, "config", None)
+    skip_head = rows is not None and not any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in _POST_HEAD)
     handle = None
-    if hidden:
+    if hidden or skip_head:
         def grab(_module, args, kwargs):
-            captured.append(args[0] if args else next(iter(kwargs.values())))
+            h = args[0] if args else next(iter(kwargs.values()))
+            captured.append(h)
+            if skip_head:  # the head runs on no position inside the model: its [B, 0, V] output is dropped
+                if args:
+                    return (h[:, :0], *args[1:]), kwargs
+                k = next(iter(kwargs))
+                return args, {**kwargs, k: h[:, :0]}
+            return None
 
-        handle = model.get_output_embeddings().register_forward_pre_hook(grab, with_kwargs=True)
+        handle = head.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         out = model(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False)
     finally:
         if handle is not None:
             handle.remove()
     h = None
-    if hidden:
+    if hidden or skip_head:
         if not captured:
             raise RuntimeError(f"{type(model).__name__}: the LM head was not called in the forward pass, so the "
                                f"last hidden state could not be taken from its input")
         h = captured[-1]
-        if h.shape[:2] != out.logits.shape[:2]:
+        want = (h.shape[0], 0) if skip_head else tuple(out.logits.shape[:2])
+        if tuple(h.shape[:2]) != tuple(input_ids.shape) or tuple(out.logits.shape[:2]) != want:
             raise RuntimeError(f"{type(model).__name__}: the LM head read {tuple(h.shape)} but the logits are "
                                f"{tuple(out.logits.shape)} (logits_to_keep?)")
-    return LMOutput(logits=out.logits, hidden=h, embeds=emb if embeds else None)
+    if rows is None:
+        logits = out.logits
+    else:
+        rows = rows.bool()
+        logits = head(h[rows]) if skip_head else out.logits[rows]
+    return LMOutput(logits=logits, hidden=h if hidden else None, embeds=emb if embeds else None, rows=rows)
 
 
 # ------------------------------------------------------------------------------------------- training

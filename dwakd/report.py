@@ -23,7 +23,6 @@ Torch-free (pandas, numpy).
 from __future__ import annotations
 
 import html
-import json
 import re
 import statistics
 from pathlib import Path
@@ -33,7 +32,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dwakd.errors import ConfigError
+from dwakd.errors import ConfigError, DataError
+from dwakd.files import read_json, regenerate_hint
 from dwakd.stats import (MDD_POWER, BootstrapConfig, bpb_ids, has_bpb_samples, mdd_factor, paired_bootstrap, paired_bpb,
                          paired_differences)
 
@@ -155,7 +155,11 @@ def load_results(eval_dir: Path, rows: list[str], sets: list[str]) -> dict:
             f = eval_file(eval_dir, r, s)
             if not f.exists():
                 raise FileNotFoundError(f"{f}: no evaluation result for run {r!r} on set {s!r}")
-            res[r, s] = json.loads(f.read_text())
+            res[r, s] = read_json(f, "evaluation result")
+            missing = [k for k in ("summary", "seeds", "ids") if not isinstance(res[r, s], dict) or k not in res[r, s]]
+            if missing:
+                raise DataError(f"{f}: not an evaluation result of `dwakd eval` (no {', '.join(missing)}); "
+                                f"{regenerate_hint(f)}")
     return res
 
 
@@ -373,7 +377,10 @@ def load_published(path: Path | str) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: published numbers file not found (report.published)")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not readable YAML ({' '.join(str(e).split())})") from None
     schema = yaml.safe_load(PUBLISHED_SCHEMA.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
     if errors:

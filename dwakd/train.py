@@ -35,8 +35,11 @@ from transformers import get_cosine_schedule_with_warmup
 
 from dwakd.atomic import atomic_dir, atomic_write_json, atomic_write_text, replace_dir, tmp_path
 from dwakd.data import encode_sample
+from dwakd.errors import DataError
+from dwakd.files import write_checksums
+from dwakd.losses.divergences import response_positions
 from dwakd.methods.base import ConfigError, Method
-from dwakd.models import forward, is_peft_model, save_trained
+from dwakd.models import check_position_limits, forward, is_peft_model, save_trained
 
 
 @dataclass
@@ -289,16 +292,22 @@ class Trainer:
             return pack_blocks(items, self.cfg.max_len)
         if self.method.needs_teacher_tokens:
             t_items = encode_records(records, self.ttok, self.cfg)
+            pairs = getattr(self.method, "token_pairs", None)  # token-only alignments: once, with the data
             for s, t in zip(items, t_items):
                 s["teacher"] = t
+                if pairs is not None:
+                    s["pairs"] = pairs(s["labels"], t["labels"])
         return items
 
     def batch(self, items: list[dict]) -> dict:
         b = {"student": collate(items, self.stok.pad_token_id), "index": torch.tensor([x["index"] for x in items])}
         if self.method.needs_teacher_tokens:
             b["teacher"] = collate([x["teacher"] for x in items], self.ttok.pad_token_id)
-        return {k: ({kk: vv.to(self.device) for kk, vv in v.items()} if isinstance(v, dict) else v.to(self.device))
-                for k, v in b.items()}
+        b = {k: ({kk: vv.to(self.device) for kk, vv in v.items()} if isinstance(v, dict) else v.to(self.device))
+             for k, v in b.items()}
+        if all("pairs" in x for x in items):  # the cached token alignments (``Method.token_pairs``), per sample
+            b["pairs"] = [x["pairs"] for x in items]
+        return b
 
     # -- one micro-batch ----------------------------------------------------------------------
     def forward(self, batch: dict):
@@ -308,9 +317,11 @@ class Trainer:
         t_out = None
         if m.needs_teacher:
             tb = batch["teacher"] if m.needs_teacher_tokens else batch["student"]
+            rows = response_positions(tb["labels"]) if m.teacher_logit_rows == "response" else None
             with torch.no_grad():
                 t_out = forward(self.teacher, tb["input_ids"], tb["attention_mask"],
-                                hidden="hidden" in m.teacher_outputs, embeds="embeds" in m.teacher_outputs)
+                                hidden="hidden" in m.teacher_outputs, embeds="embeds" in m.teacher_outputs,
+                                rows=rows)
         sb = batch["student"]
         s_out = forward(self.student, sb["input_ids"], sb["attention_mask"],
                         hidden="hidden" in m.student_outputs, embeds="embeds" in m.student_outputs)
@@ -387,7 +398,11 @@ class Trainer:
         if not latest.exists():
             return None
         folder = self.ckpt_dir / latest.read_text().strip()
-        ck = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        try:
+            ck = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 (a damaged checkpoint: name it and what to do)
+            raise DataError(f"{folder / 'state.pt'}: unreadable checkpoint ({type(e).__name__}); remove "
+                            f"{self.ckpt_dir} to train the run from the start") from None
         if self._sharded():
             self.acc.load_state(str(folder / "accelerate"))
         else:
@@ -413,6 +428,7 @@ class Trainer:
                     self.student.config.use_cache = use_cache
                     self.stok.save_pretrained(tmp)
                 save_method_state(self.method, tmp, method_sd)
+                write_checksums(tmp)  # verified on load (dwakd.files): a damaged model is named, not loaded
                 _fault("model", self._step, next(iter(tmp.glob("*.safetensors")), None))
         self.barrier()
 
@@ -452,6 +468,7 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
+        check_position_limits(cfg.max_len, {"student": self.student, "teacher": self.teacher})
         items = self.make_items(train_records)
         n_resp = [response_tokens(x) for x in items]
         # padded width of a sample: its own tokens plus, for methods that read the teacher's, those too

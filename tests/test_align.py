@@ -26,9 +26,25 @@ from dwakd.align import (
 
 def test_strip_and_normalise():
     assert strip_markers("Ġworld") == strip_markers("▁world") == "world"
-    assert strip_markers("ĠĠ") == strip_markers("▁") == ""
+    assert strip_markers("Ġ") == strip_markers("▁") == ""
+    # only the leading marker goes: a whitespace run keeps its width (was: every marker removed, "ĠĠ" → "")
+    assert strip_markers("ĠĠ") == "Ġ" and strip_markers("▁▁▁") == "▁▁" and strip_markers("aĠb") == "aĠb"
     assert normalise_token("▁The") == normalise_token("ĠTHE") == "the"
     assert normalise_token("<0xE6>") == "<0xe6>"
+
+
+def test_normalise_never_changes_a_byte_level_character():
+    # byte-level characters that stand for bytes keep their byte (was: "Ċ" 0x0A → "ċ" 0x0B, "Ã" 0xC3 → "ã" 0xE3)
+    assert normalise_token("Ċ") == "Ċ" and normalise_token("ĠÃ©") == "Ã©" and normalise_token("ĉĉ") == "ĉĉ"
+    assert normalise_token("ĠÃľber") == "Ãľber"  # "Über" in byte-level characters: only ASCII letters fold
+    byte_chars = [chr(c) for c in range(0x21, 0x7F)] + [chr(c) for c in range(0xA1, 0x100) if c != 0xAD] + \
+        [chr(0x100 + k) for k in range(68)]  # the 256 characters of the byte-level alphabet
+    assert len(byte_chars) == 256
+    for c in byte_chars:  # behind a character, so that the leading-marker rule does not remove "Ġ"
+        n = normalise_token("x" + c)[1:]
+        assert n == c or ("A" <= c <= "Z" and n == c.lower()), c
+    # SentencePiece tokens are text: their case folds fully
+    assert normalise_token("▁Über", byte_level=False) == "über"
 
 
 # ------------------------------------------------------------------------------------------ ETA
@@ -54,6 +70,11 @@ def test_strip_and_normalise():
     # byte-level newline "Ċ" vs a literal "\n": same length, different text, nothing aligns after it
     pytest.param(["▁a", "\n", "b"], ["a", "Ċ", "b"], [(0, 0)], id="newline-byte-level"),
     pytest.param(["▁Hi", "</s>"], ["Hi", "!"], [(0, 0)], id="eos-needs-both"),
+    # whitespace tokens of different widths never pair, nor the tokens after them at other offsets
+    # (the reference's rule stripped every marker: "Ġ" and "ĠĠ" were both "" and paired)
+    pytest.param(["▁a", "▁▁", "▁b"], ["a", "Ġ", "ĠĠb"], [(0, 0)], id="whitespace-widths"),
+    pytest.param(["▁x", "▁", "▁", "▁▁y"], ["x", "ĠĠ", "Ġ", "Ġy"], [(0, 0)], id="whitespace-run-offsets"),
+    pytest.param(["▁a", "▁▁", "b"], ["a", "ĠĠ", "b"], [(0, 0), (1, 1), (2, 2)], id="whitespace-same-width"),
     pytest.param([], ["a"], [], id="empty"),
 ])
 def test_eta_hand_written_cases(student, teacher, want):
@@ -112,6 +133,10 @@ def test_offsets_alignment_hand_written():
     student = [(0, 2), (2, 6), (6, 7), (7, 8), (8, 10)]
     teacher = [(0, 2), (2, 6), (6, 7), (6, 7), (7, 8), (8, 10)]
     assert offsets_alignment(student, teacher) == [(0, 0), (1, 1), (3, 4), (4, 5)]
+    # the pieces of a character split into several tokens carry the character's span: never aligned, also not
+    # with a whole token of the other side (GPT-2 "ĠâĢ"+"ľ" vs Qwen "ĠâĢľ" for " “")
+    assert offsets_alignment([(0, 2), (1, 2), (2, 3)], [(0, 2), (2, 3)]) == [(2, 1)]
+    assert offsets_alignment([(0, 1), (0, 1), (1, 2)], [(0, 1), (1, 2)]) == [(2, 1)]
     # empty spans (special tokens) never align; different spans never align
     assert offsets_alignment([(0, 2), (0, 0)], [(0, 2), (0, 0)]) == [(0, 0)]
     assert offsets_alignment([(0, 1), (1, 3)], [(0, 2), (2, 3)]) == []
@@ -136,8 +161,12 @@ def test_dtw_lower_option():
     assert dtw_align(a, b, lower=True) == [(0, 0), (0, 1), (1, 2), (2, 2)]  # total cost 6
 
 
+def _no_markers(x: str) -> str:  # the DTW cost removes every marker, as the reference's cost does
+    return x.replace("Ġ", "").replace("▁", "")
+
+
 def _brute_min_cost(a, b):
-    c = [[Levenshtein.distance(strip_markers(x), strip_markers(y)) for y in b] for x in a]
+    c = [[Levenshtein.distance(_no_markers(x), _no_markers(y)) for y in b] for x in a]
     inf = float("inf")
     R = [[inf] * (len(b) + 1) for _ in range(len(a) + 1)]
     R[0][0] = 0
@@ -172,7 +201,7 @@ def test_one_to_one():
 def test_vocab_map_exact_and_fallback():
     teacher = {"Ġworld": 0, "hello": 1, "Ġcats": 2, "<|endoftext|>": 3, "XYZ": 4, "▁raw": 5}
     student = {"<unk>": 0, "</s>": 1, "▁world": 2, "hello": 3, "▁cat": 4, "▁dog": 5, "xyz": 6, "▁raw": 7}
-    t2s = build_vocab_map(teacher, student, overrides={3: 1})
+    t2s = build_vocab_map(teacher, student, rule="normalised", overrides={3: 1})
     assert t2s[0] == 2  # identical after Ġ → ▁
     assert t2s[1] == 3  # identical
     assert t2s[5] == 7  # identical as is
@@ -183,11 +212,34 @@ def test_vocab_map_exact_and_fallback():
 
 def test_vocab_map_ties_go_to_lowest_student_id():
     # "ab" is at distance 1 from "ac", "ad", "ae": the lowest id (2) wins
-    assert build_vocab_map({"ab": 0}, {"▁ac": 5, "▁ad": 2, "ae": 9}) == [2]
+    assert build_vocab_map({"ab": 0}, {"▁ac": 5, "▁ad": 2, "ae": 9}, rule="normalised") == [2]
     # two student tokens with the same normal form "ab" (distance 0): the lowest id wins
-    assert build_vocab_map({"AB": 0}, {"▁Ab": 7, "ab": 3}) == [3]
+    assert build_vocab_map({"AB": 0}, {"▁Ab": 7, "ab": 3}, rule="normalised") == [3]
     # exact matches beat a lower id at distance 0 after normalisation
-    assert build_vocab_map({"Ġab": 0}, {"ab": 1, "▁ab": 4}) == [4]
+    assert build_vocab_map({"Ġab": 0}, {"ab": 1, "▁ab": 4}, rule="normalised") == [4]
+    # the reference rule compares raw strings: "ab" is at distance 1 from "ae" only ("▁ac" is 2 away)
+    assert build_vocab_map({"ab": 0}, {"▁ac": 5, "▁ad": 2, "ae": 9}) == [9]
+    # ties (distance 2 to both) go to the lowest id
+    assert build_vocab_map({"AB": 0}, {"▁Ab": 7, "ab": 3}) == [3]
+
+
+def test_vocab_map_reference_rule():
+    # FuseLLM's rule: the teacher token written with the student's marker, identical string, else the raw
+    # Levenshtein distance (case and markers kept), ties to the lowest student id
+    teacher = {"Ġworld": 0, "ĠThe": 1, "Ġcats": 2, "ĠĠ": 3, "Ċ": 4, "ĠHello": 5, "Ġx": 6}
+    student = {"<unk>": 0, "▁world": 1, "▁the": 2, "▁The": 3, "▁cat": 4, "▁▁": 5, "\n": 6, "▁hello": 7, "Hello": 8}
+    t2s = build_vocab_map(teacher, student)
+    assert t2s[0] == 1  # "▁world" identical after Ġ → ▁
+    assert t2s[1] == 3  # case kept: "▁The", not the lower id "▁the"
+    assert t2s[2] == 4  # distance 1
+    assert t2s[3] == 5  # every marker converted: "ĠĠ" → "▁▁"
+    assert t2s[5] == 7  # "▁Hello": "▁hello" (1, id 7) and "Hello" (1, id 8) tie: the lowest id
+    # the normalised rule folds the case and drops the leading marker: "ĠThe" → "the" → "▁the" (id 2)
+    norm = build_vocab_map(teacher, student, rule="normalised")
+    assert norm[1] == 3 and norm[5] == 7  # identical after the marker conversion wins first
+    assert build_vocab_map({"ĠTHE": 0}, student, rule="normalised") == [2]
+    with pytest.raises(ValueError, match="rule"):
+        build_vocab_map(teacher, student, rule="lower")
 
 
 def test_vocab_map_holes_and_errors():
@@ -205,19 +257,23 @@ def _rand_vocab(rng: random.Random, n: int, prefix: str) -> dict[str, int]:
 
 
 @pytest.mark.timeout(120)
-def test_vocab_map_is_fast_and_matches_brute_force():
+@pytest.mark.parametrize("rule", ["reference", "normalised"])
+def test_vocab_map_is_fast_and_matches_brute_force(rule):
     rng = random.Random(0)
     teacher, student = _rand_vocab(rng, 5000, "Ġ"), _rand_vocab(rng, 4000, "▁")
-    t2s = build_vocab_map(teacher, student)  # 5k × 4k: well under a second with rapidfuzz
+    t2s = build_vocab_map(teacher, student, rule=rule)  # 5k × 4k: well under a second with rapidfuzz
     assert len(t2s) == 5000 and all(0 <= s < 4000 for s in t2s)
     s_items = sorted(student.items(), key=lambda kv: kv[1])
     for tok, tid in rng.sample(sorted(teacher.items()), 150):
-        exact = student.get(tok.replace("Ġ", "▁"), student.get(tok))
-        if exact is not None:
-            want = exact
-        else:  # brute force, first minimum in id order
-            want = min(s_items, key=lambda kv: (Levenshtein.distance(normalise_token(tok), normalise_token(kv[0])),
-                                                kv[1]))[1]
+        if rule == "reference":  # brute force of FuseLLM's rule, first minimum in id order
+            q = tok.replace("Ġ", "▁")
+            want = student[q] if q in student else min(
+                s_items, key=lambda kv: (Levenshtein.distance(q, kv[0]), kv[1]))[1]
+        else:
+            exact = student.get(tok.replace("Ġ", "▁"), student.get(tok))
+            want = exact if exact is not None else min(
+                s_items, key=lambda kv: (Levenshtein.distance(normalise_token(tok),
+                                                              normalise_token(kv[0], byte_level=False)), kv[1]))[1]
         assert t2s[tid] == want, tok
 
 
@@ -226,13 +282,14 @@ def test_invert_vocab_map():
     assert invert_vocab_map(t2s, 7) == [-1, -1, 0, 1, 2, -1, 4]
     # the exact-string match is kept over a lower teacher id
     teacher, student = {"Ġcats": 0, "Ġcat": 1}, {"▁cat": 0, "▁dog": 1}
-    t2s = build_vocab_map(teacher, student)
+    t2s = build_vocab_map(teacher, student, rule="normalised")
     assert t2s == [0, 0]
     assert invert_vocab_map(t2s, 2) == [0, -1]
     assert invert_vocab_map(t2s, 2, teacher_vocab=teacher, student_vocab=student) == [1, -1]
     # without an exact match, the smaller edit distance, then the lower teacher id
     teacher, student = {"Ġcatsss": 0, "Ġcats": 1, "Ġcatz": 2}, {"▁cat": 0}
-    assert invert_vocab_map(build_vocab_map(teacher, student), 1, teacher_vocab=teacher, student_vocab=student) == [1]
+    assert invert_vocab_map(build_vocab_map(teacher, student, rule="normalised"), 1, teacher_vocab=teacher,
+                            student_vocab=student) == [1]
 
 
 # ------------------------------------------------------------------------------------------ real tokenizers

@@ -224,8 +224,14 @@ class _Head(torch.nn.Module):
 def test_mined_on_a_hand_made_example():
     stok = _Tok({"</s>": 0, "▁Hello": 1, "▁wor": 2, "ld": 3, "▁world": 4, "!": 5, "▁Q": 6}, "</s>")
     ttok = _Tok({"<|endoftext|>": 0, "Hello": 1, "Ġworld": 2, "!": 3, "Ġwor": 4, "Q": 5}, "<|endoftext|>")
-    m = get_method("mined")(_cfg("mined", temperature=2.0, kd_rate=0.5), _Head(7, 2), _Head(6, 2), stok, ttok)
-    # teacher→student: </s>, ▁Hello (distance 0 after normalising), ▁world, !, ▁wor, ▁Q; "ld" is unmapped
+    ref = get_method("mined")(_cfg("mined"), _Head(7, 2), _Head(6, 2), stok, ttok)
+    # the default (reference) rule compares raw strings in the student's markers: "Q" is 1 edit from "▁Q" and
+    # from "!", and the tie goes to the lower student id, "!"
+    assert ref.t2s.tolist() == [0, 1, 4, 5, 2, 5]
+    m = get_method("mined")(_cfg("mined", temperature=2.0, kd_rate=0.5, map_rule="normalised"), _Head(7, 2),
+                            _Head(6, 2), stok, ttok)
+    # normalised rule, teacher→student: </s>, ▁Hello (distance 0 after normalising), ▁world, !, ▁wor, ▁Q;
+    # "ld" is unmapped
     assert m.t2s.tolist() == [0, 1, 4, 5, 2, 6] and m.s2t.tolist() == [0, 1, 4, -1, 2, 3, 5]
     # "Q" + response: student ▁Hello ▁wor ld ! </s>, teacher Hello Ġworld ! <|endoftext|>
     s_labels = torch.tensor([[-100, 1, 2, 3, 5, 0]])

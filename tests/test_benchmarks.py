@@ -41,3 +41,20 @@ def test_workflow_times_step_summary_reads_the_training_logs(tmp_path):
     s = _load("workflow_times").step_times(tmp_path)
     assert s["sft"] == {"steps": 3, "median": 2.0, "total": 6.0, "peak_mb": 30.0}
     assert s["uld"]["median"] == 5.5 and s["uld"]["steps"] == 4 and s["uld"]["peak_mb"] == 40.0
+
+
+def test_paper_shapes_runs_each_method_in_its_own_process_relative_to_dskd_cma(tmp_path):
+    """``--small``: the published pair's architectures at toy sizes; one child per method, ratios to DSKD-CMA."""
+    out = tmp_path / "shapes.json"
+    rc = _load("paper_shapes").main(["--small", "--batch", "2", "--seq", "48", "--threads", "1",
+                                     "--grad-ckpt", "--methods", "sft", "dskd_cma", "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    assert list(rows) == ["sft", "dskd_cma"]
+    assert rows["dskd_cma"]["step_mem_vs_cma"] == 1.0 and rows["dskd_cma"]["time_vs_cma"] == 1.0
+    assert rows["dskd_cma"]["teacher"]["vocab_size"] > rows["dskd_cma"]["student"]["vocab_size"]
+    assert rows["dskd_cma"]["student_tokens"] == [2, 48] == rows["dskd_cma"]["teacher_tokens"]
+    for r in rows.values():
+        assert r["loss_backward_s"] > 0 and r["step_peak_gib"] >= 0 and r["loss_peak_gib"] >= 0
+        assert r["code"] == str(ROOT)  # this checkout's code (``--code`` points elsewhere)

@@ -446,7 +446,8 @@ def test_attention_export_maps_band_and_probe(trained, tiny_pair, tmp_path):
     for run in ("dskd_cma", "dwakd"):
         shutil.copytree(root / "runs" / run / "model", old / run / "model",
                         ignore=shutil.ignore_patterns("method_state.pt") if run == "dskd_cma" else None)
-    with pytest.raises(FileNotFoundError, match=f"retrain: snakemake --cores all -f {old / 'dskd_cma' / 'model'}$"):
+    receipt = old / "dskd_cma" / "model.sha256"  # the train rule's output beside the model folder
+    with pytest.raises(FileNotFoundError, match=f"retrain: snakemake --cores all -f {receipt}$"):
         export(_tiny_cfg(runs=["dskd_cma", "dwakd"]), tiny_pair, old, root / "data", out)
 
 

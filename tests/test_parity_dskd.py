@@ -192,8 +192,11 @@ def test_dtw_path_and_one_to_one_match_reference(case):
 def _mined():
     stok, ttok = _Tok(MINED["student_vocab"], "<|endoftext|>"), _Tok(MINED["teacher_vocab"], "</s>")
     Vs, Vt = len(stok), len(ttok)
-    m = get_method("mined")(_cfg("mined"), _LM(v=Vs), _LM(v=Vt), stok, ttok)
-    assert m.t2s.tolist() == MINED["t2s"].tolist()  # our map = the fixture's (FuseLLM's rule)
+    # the fixture's map (the reference loads it from JSON) was made with the suite's earlier guess at FuseLLM's
+    # rule, which is now the named "normalised" rule; the "reference" rule is checked against the authors' real
+    # maps in tests/test_realtok.py. The map is an input here: the loss parity does not depend on the rule.
+    m = get_method("mined")(_cfg("mined", map_rule="normalised"), _LM(v=Vs), _LM(v=Vt), stok, ttok)
+    assert m.t2s.tolist() == MINED["t2s"].tolist()  # our map = the fixture's
     # DSKD keeps the first teacher id per student id; here that is also our best-matching choice
     assert m.s2t.tolist() == MINED["s2t_first"].tolist() == invert_vocab_map(MINED["t2s"].tolist(), Vs)
     s_ids, s_lab = _ours(MINED["student_input_ids"], MINED["student_label"], stok.pad_token_id)
@@ -206,7 +209,7 @@ def _mined():
 def test_vocab_map_matches_fixture():
     tv = {t: i for i, t in enumerate(MINED["teacher_vocab"])}
     sv = {t: i for i, t in enumerate(MINED["student_vocab"])}
-    assert build_vocab_map(tv, sv, workers=1, overrides={0: 0}) == MINED["t2s"].tolist()
+    assert build_vocab_map(tv, sv, rule="normalised", workers=1, overrides={0: 0}) == MINED["t2s"].tolist()
 
 
 def _uses_teacher(b, sp, shape) -> torch.Tensor:

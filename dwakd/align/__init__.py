@@ -3,7 +3,9 @@
 from dwakd.align.tokens import (
     DEFAULT_EOS,
     SPACE_MARKERS,
+    VOCAB_MAP_RULES,
     build_vocab_map,
+    canonical_markers,
     dtw_align,
     exact_token_alignment,
     invert_vocab_map,
@@ -11,9 +13,12 @@ from dwakd.align.tokens import (
     offsets_alignment,
     one_to_one,
     strip_markers,
+    vocab_marker,
+    whole_character_tokens,
 )
 
 __all__ = [
-    "DEFAULT_EOS", "SPACE_MARKERS", "build_vocab_map", "dtw_align", "exact_token_alignment", "invert_vocab_map",
-    "normalise_token", "offsets_alignment", "one_to_one", "strip_markers",
+    "DEFAULT_EOS", "SPACE_MARKERS", "VOCAB_MAP_RULES", "build_vocab_map", "canonical_markers", "dtw_align",
+    "exact_token_alignment", "invert_vocab_map", "normalise_token", "offsets_alignment", "one_to_one",
+    "strip_markers", "vocab_marker", "whole_character_tokens",
 ]

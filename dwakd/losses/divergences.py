@@ -5,6 +5,11 @@ Shapes: ``logits [B, L, V]``, ``labels [B, L]`` with -100 on prompt and padding.
 
 The teacher–student divergences (``forward_kl`` … ``adaptive_kl``, ``DIVERGENCES``, ``divergence``) take
 already aligned logits and a position mask instead of labels; see the convention above them.
+
+Large vocabularies: ``divergence``, ``head_divergence``, ``token_ce`` and ``head_ce`` evaluate their per-row
+values in blocks of rows recomputed in the backward pass (``dwakd.losses.chunked.rowwise``) once the rows × V
+of a call exceed ``CHUNK_ELEMENTS``, so that no ``[N, V]`` fp32 intermediate of the whole call is kept for the
+backward pass; values and gradients are those of the one-block computation (``chunk_rows=None`` forces it).
 """
 
 from __future__ import annotations
@@ -14,7 +19,29 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dwakd.losses.chunked import CHUNK_ELEMENTS, rowwise, rows_for
+
 IGNORE = -100
+
+#: ``chunk_rows`` of the chunked entry points: "auto" chunks a call whose rows × V exceed ``CHUNK_ELEMENTS``
+#: (in blocks of ``rows_for(V)`` rows), None never chunks, an int is the rows per block
+ChunkRows = int | str | None
+
+
+def _block_rows(chunk_rows: ChunkRows, n: int, width: int) -> int | None:
+    """Rows per block for ``n`` rows of ``width`` entries, or None for one plain call."""
+    if chunk_rows is None:
+        return None
+    if chunk_rows == "auto":
+        rows = rows_for(width)
+        return rows if n > rows else None
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be 'auto', None or a positive integer, got {chunk_rows!r}")
+    return chunk_rows if n > chunk_rows else None
+
+
+def _ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,11 +49,38 @@ def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
     return logits[:, :-1], labels[:, 1:]
 
 
-def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``−Σ log p(y_i)`` over response tokens (a scalar sum, computed in fp32)."""
+def response_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool: position k predicts a response token (``labels[:, k + 1] != −100``); the last is False."""
+    m = torch.zeros_like(labels, dtype=torch.bool)
+    m[:, :-1] = labels[:, 1:] != IGNORE
+    return m
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor, *, chunk_rows: ChunkRows = "auto") -> torch.Tensor:
+    """``−Σ log p(y_i)`` over response tokens (a scalar sum, computed in fp32).
+
+    Large calls (``chunk_rows``, module docstring) take the response rows only and evaluate them in blocks."""
     lg, lb = shift(logits, labels)
-    return F.cross_entropy(lg.float().reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=IGNORE,
-                           reduction="sum")
+    keep = lb != IGNORE
+    n = int(keep.sum()) if chunk_rows is not None else 0
+    rows = _block_rows(chunk_rows, n, lg.size(-1))
+    if rows is None:
+        return F.cross_entropy(lg.float().reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=IGNORE,
+                               reduction="sum")
+    return rowwise(_ce_rows, [lg[keep], lb[keep]], chunk_rows=rows).sum()
+
+
+def head_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+            chunk_rows: ChunkRows = "auto") -> torch.Tensor:
+    """``Σ_n CE(hidden_n · weightᵀ, targets_n)`` (fp32 cross-entropy, −100 targets skipped) without keeping the
+    ``[N, V]`` logits: ``hidden [N, d]``, ``weight [V, d]`` (an LM head; its product is taken in ``weight``'s
+    dtype, as ``hidden.to(weight.dtype) @ weight.T``), ``targets [N]``. Gradients reach ``hidden`` and, if it
+    requires them, ``weight``."""
+    def fn(h, y, w):
+        return F.cross_entropy((h.to(w.dtype) @ w.T).float(), y, ignore_index=IGNORE, reduction="none")
+
+    rows = _block_rows(chunk_rows, hidden.size(0), weight.size(0))
+    return rowwise(fn, [hidden, targets], [weight], chunk_rows=rows).sum()
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -207,11 +261,87 @@ DIVERGENCES = {
 }
 
 
-def divergence(name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
-               temperature: float = 1.0, **kw) -> torch.Tensor:
-    """Dispatch to ``DIVERGENCES[name]`` (``kw``: ``lam`` for skl/srkl, ``mu`` for akl, ``reduction``)."""
+def _lookup(name: str):
     try:
-        fn = DIVERGENCES[name]
+        return DIVERGENCES[name]
     except KeyError:
         raise KeyError(f"unknown divergence {name!r}; available divergences: {', '.join(DIVERGENCES)}") from None
-    return fn(student_logits, teacher_logits, mask, temperature, **kw)
+
+
+def _per_row(fn, temperature: float, kw: dict):
+    """``fn`` as a per-row function of ``[n, V]`` logits (every row kept): ``[n]`` values."""
+    def rows(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return fn(s, t, torch.ones(s.shape[:-1], dtype=torch.bool, device=s.device), temperature,
+                  reduction="none", **kw)
+    return rows
+
+
+def divergence(name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+               temperature: float = 1.0, *, reduction: str = "sum", chunk_rows: ChunkRows = "auto",
+               **kw) -> torch.Tensor:
+    """Dispatch to ``DIVERGENCES[name]`` (``kw``: ``lam`` for skl/srkl, ``mu`` for akl; ``reduction``).
+
+    Same convention, value and gradients as ``DIVERGENCES[name]``; a call whose masked rows × V exceed
+    ``CHUNK_ELEMENTS`` (``chunk_rows="auto"``; an int forces blocks of that many rows, None one plain call) takes
+    the masked rows and evaluates them in blocks recomputed in the backward pass (``dwakd.losses.chunked``)."""
+    fn = _lookup(name)
+    if chunk_rows is None:
+        return fn(student_logits, teacher_logits, mask, temperature, reduction=reduction, **kw)
+    _check(student_logits, teacher_logits, mask, temperature)
+    if reduction not in ("sum", "none"):
+        raise ValueError(f"reduction must be 'sum' or 'none', got {reduction!r}")
+    keep = mask.bool()
+    width = student_logits.size(-1)
+    every = bool(keep.all())
+    n = keep.numel() if every else int(keep.sum())
+    rows = _block_rows(chunk_rows, n, width)
+    if rows is None:
+        return fn(student_logits, teacher_logits, mask, temperature, reduction=reduction, **kw)
+    if every:
+        s, t = student_logits.reshape(-1, width), teacher_logits.reshape(-1, width)
+    else:
+        s, t = student_logits[keep], teacher_logits[keep]
+    vals = rowwise(_per_row(fn, temperature, kw), [s, t], chunk_rows=rows)
+    if reduction == "sum":
+        return vals.sum()
+    if every:
+        return vals.view(keep.shape)
+    return vals.new_zeros(keep.shape).index_put((keep,), vals)
+
+
+def head_divergence(name: str, student_hidden: torch.Tensor, student_head: torch.Tensor,
+                    teacher_logits: torch.Tensor, temperature: float = 1.0, *, reduction: str = "sum",
+                    chunk_rows: ChunkRows = "auto", teacher_index: torch.Tensor | None = None,
+                    **kw) -> torch.Tensor:
+    """``D_τ(p_t,n ‖ softmax(z_n / τ))`` with the student logits ``z = student_hidden · student_headᵀ`` formed
+    block by block and never kept whole: ``student_hidden [N, d]``, ``student_head [V, d]`` (the product in the
+    head's dtype, ``hidden.to(head.dtype) @ head.T``), ``teacher_logits [N, V]`` — or, with ``teacher_index
+    [N]``, ``teacher_logits [M, V]`` whose rows ``teacher_index`` are taken block by block (no ``[N, V]`` copy).
+    Every row counts. The same value and gradients (to the hidden states and, if they require them, the head
+    and the teacher logits) as ``divergence`` on the product; ``reduction`` "sum" or "none" (``[N]``)."""
+    fn = _lookup(name)
+    if student_hidden.dim() != 2 or student_head.dim() != 2 or teacher_logits.dim() != 2:
+        raise ValueError(f"head_divergence: expected hidden [N, d], head [V, d], teacher logits [N, V]; got "
+                         f"{tuple(student_hidden.shape)}, {tuple(student_head.shape)}, {tuple(teacher_logits.shape)}")
+    n_t = student_hidden.size(0) if teacher_index is None else teacher_logits.size(0)
+    if teacher_index is not None and tuple(teacher_index.shape) != (student_hidden.size(0),):
+        raise ValueError(f"head_divergence: teacher_index {tuple(teacher_index.shape)} must have one entry per "
+                         f"hidden row ({student_hidden.size(0)})")
+    if (n_t, student_head.size(0)) != tuple(teacher_logits.shape) or student_hidden.size(1) != student_head.size(1):
+        raise ValueError(f"head_divergence: hidden {tuple(student_hidden.shape)} · head {tuple(student_head.shape)}"
+                         f"ᵀ does not match the teacher logits {tuple(teacher_logits.shape)}")
+    if reduction not in ("sum", "none"):
+        raise ValueError(f"reduction must be 'sum' or 'none', got {reduction!r}")
+    per_row = _per_row(fn, temperature, kw)
+    rows = _block_rows(chunk_rows, student_hidden.size(0), student_head.size(0))
+    if teacher_index is None:
+        def rows_fn(h, t, w):
+            return per_row(h.to(w.dtype) @ w.T, t)
+
+        vals = rowwise(rows_fn, [student_hidden, teacher_logits], [student_head], chunk_rows=rows)
+    else:
+        def rows_fn(h, i, w, t):
+            return per_row(h.to(w.dtype) @ w.T, t[i])
+
+        vals = rowwise(rows_fn, [student_hidden, teacher_index], [student_head, teacher_logits], chunk_rows=rows)
+    return vals.sum() if reduction == "sum" else vals

@@ -55,16 +55,18 @@ __all__ = ["soft_dtw", "soft_dtw_divergence", "cosine_cost"]
 def cosine_cost(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``1 − cos(x_i, y_j)``: ``x [B, N, d]``, ``y [B, M, d]`` → ``[B, N, M]`` (one ``bmm``).
 
-    Half-precision inputs are upcast to fp32 first (the cost is what Soft-DTW accumulates)."""
+    Half-precision inputs are upcast to fp32 first and the product is taken with autocast off (the cost is what
+    Soft-DTW accumulates: under bf16 autocast a cell would be off by up to ~5e-3), like the CMA's scores."""
     if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
         raise ValueError(f"cosine_cost: expected [B, N, d] and [B, M, d], got {tuple(x.shape)}, {tuple(y.shape)}")
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    if y.dtype in (torch.float16, torch.bfloat16):
-        y = y.float()
-    xn = F.normalize(x, dim=-1, eps=eps)
-    yn = F.normalize(y, dim=-1, eps=eps)
-    return 1.0 - torch.bmm(xn, yn.transpose(1, 2))
+    with torch.autocast(x.device.type, enabled=False):
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        if y.dtype in (torch.float16, torch.bfloat16):
+            y = y.float()
+        xn = F.normalize(x, dim=-1, eps=eps)
+        yn = F.normalize(y, dim=-1, eps=eps)
+        return 1.0 - torch.bmm(xn, yn.transpose(1, 2))
 
 
 _BLOCK = 64  # column granularity of the per-diagonal cell range (coarser: fewer view sets, more wasted cells)

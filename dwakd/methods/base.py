@@ -58,6 +58,13 @@ class Method(nn.Module):
     #: readable names of the loss terms that ``loss`` logs (term → label): the panel titles of the training-curve
     #: figure (``dwakd figures``), over ``dwakd.figures.TERM_TITLES``; a term without one keeps that title
     term_labels: ClassVar[dict[str, str]] = {}
+    #: which teacher logits the loss reads: "all" positions, or only the "response" positions (then the loop
+    #: asks the teacher's forward for those rows alone, ``LMOutput.rows``; read them with ``logits_at``)
+    teacher_logit_rows: ClassVar[str] = "all"
+    #: a method whose alignment depends on the tokens only may define
+    #: ``token_pairs(student_labels: list[int], teacher_labels: list[int]) -> list[tuple[int, int]]`` (the
+    #: aligned (student, teacher) logit positions of one sample): the loop then computes it once per sample with
+    #: the data and hands the lists to ``loss`` as ``batch["pairs"]``
 
     def __init__(self, cfg, student: nn.Module, teacher: nn.Module | None = None,
                  student_tokenizer=None, teacher_tokenizer=None):

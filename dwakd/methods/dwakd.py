@@ -98,6 +98,7 @@ from baselines._common import check_choice, check_kd, check_range
 from baselines.dskd_cma import CMATerms, DSKDCMA, dual_space_cma_terms, model_dims
 from dwakd.align.cma import next_token_targets
 from dwakd.errors import ConfigError
+from dwakd.losses.chunked import rows_for, rowwise
 from dwakd.losses.softdtw import cosine_cost, soft_dtw
 from dwakd.registry import register
 
@@ -185,10 +186,18 @@ def rescale_per_sequence(w: torch.Tensor, seq: torch.Tensor, n_seq: int) -> torc
     return torch.where(ok[seq], w * scale[seq], torch.ones_like(w))
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """``H = −Σ_v p log p`` of ``softmax(logits)`` over the last dimension (fp32, nats)."""
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def entropy(logits: torch.Tensor, chunk_rows: int | str | None = "auto") -> torch.Tensor:
+    """``H = −Σ_v p log p`` of ``softmax(logits)`` over the last dimension (fp32, nats). ``logits [N, V]`` with
+    more than ``CHUNK_ELEMENTS`` entries are taken in blocks of rows (``dwakd.losses.chunked``; None: one call)."""
+    if logits.dim() != 2 or chunk_rows is None:
+        return _entropy(logits)
+    rows = rows_for(logits.size(-1)) if chunk_rows == "auto" else int(chunk_rows)
+    return rowwise(_entropy, [logits], chunk_rows=rows if logits.size(0) > rows else None)
 
 
 def gather_left(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -370,9 +379,7 @@ class DWAKD(DSKDCMA):
     def loss(self, batch, student_out, teacher_out):
         f, c = self.flags, self.cfg
         t = self.terms(batch, student_out, teacher_out, return_attention=f.dtw == "banded")
-        s_logits = student_out.logits[t.student_mask]
-        t_logits = teacher_out.logits[t.teacher_mask]
-        w_s, w_t, conf = self.token_weights(t, s_logits, t_logits)
+        w_s, w_t, conf = self.token_weights(t, t.student_rows, t.teacher_rows)  # the rows DSKD-CMA's terms read
         if f.acc_mask:  # DSKD-CMA's accuracy mask (the w_* ablations only)
             w_s = w_s * t.acc
         kd_stu = (w_s * t.kd_stu_pos).sum()  # the per-position values computed once, by dual_space_cma_terms

@@ -16,6 +16,8 @@ if isinstance(config.get("rebuild_models"), str) and config["rebuild_models"].lo
 
 sys.path.insert(0, workflow.basedir)  # dwakd.config: YAML and jsonschema only, no torch
 from dwakd import config as C  # noqa: E402
+from dwakd import lock as L  # noqa: E402  (standard library only)
+from dwakd.files import RECEIPT, quick_check  # noqa: E402  (torch-free)
 
 # Every configuration mistake stops the run (and the dry run) here, in one line: where it comes from (the config
 # file, or the `--config KEY=VALUE` override), the key, what was expected. Checked: the schema, the
@@ -100,11 +102,53 @@ def _cores():
 JOB_THREADS = PROFILE.get("threads") or _cores()
 
 
+# Commands that only read the results (a dry run, lint, the report, listings): they take no lock and write nothing
+# there while another workflow holds it. Snakemake does not tell a Snakefile which command runs it, hence argv.
+_READ_ONLY_FLAGS = {"--dry-run", "--dryrun", "--lint", "--report", "--list-rules", "--list", "-l",
+                    "--list-target-rules", "--lt", "--summary", "-S", "--detailed-summary", "-D", "--dag",
+                    "--rulegraph", "--filegraph", "--d3dag", "--unlock", "--list-changes", "--lc",
+                    "--list-input-changes", "--li", "--list-params-changes", "--lp", "--list-code-changes",
+                    "--list-untracked", "--lu", "--archive", "--containerize", "--print-compilation",
+                    "--cleanup-metadata", "--cm", "--cleanup-shadow", "--generate-unit-tests"}
+
+
+def _read_only() -> bool:
+    for a in sys.argv[1:]:
+        if a.split("=", 1)[0] in _READ_ONLY_FLAGS:
+            return True
+        if a.startswith("-") and not a.startswith("--") and a[1:].isalpha() and "n" in a[1:]:
+            return True  # -n, -np, -pn, ...
+    return False
+
+
+READ_ONLY = _read_only()
+# One workflow at a time on a results folder, from any checkout or working directory (Snakemake's own lock is
+# per working directory): the lock file <results_dir>/.dwakd.lock, held until this process ends (dwakd/lock.py).
+# Jobs that Snakemake runs as their own Snakemake process (cluster, subprocess modes) are parts of the holder's run.
+_LOCKED_BY_OTHER = False
+if workflow.exec_mode.name == "DEFAULT":
+    if READ_ONLY:
+        _holder = L.in_use(R)
+        if _holder:
+            _LOCKED_BY_OTHER = True
+            print(f"dwakd: note: {R} is in use by another workflow ({_holder}); this command only reads it",
+                  file=sys.stderr)
+    else:
+        try:
+            L.acquire(R, workflow.basedir)
+        except L.ResultsLocked as e:
+            sys.exit(f"dwakd: {e}")
+else:
+    _LOCKED_BY_OTHER = True  # a job's own Snakemake process: the main process wrote the resolved config
+
+
 def _write_resolved_config() -> str:
     """The merged config (config files + --config) that every `dwakd` command of this run reads.
     Rewritten only when its content changes."""
     path = Path(R) / "config.resolved.yaml"
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
+    if _LOCKED_BY_OTHER:  # the running workflow's jobs read this file
+        return str(path)
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".yaml.tmp")
@@ -114,6 +158,32 @@ def _write_resolved_config() -> str:
 
 
 CFG = _write_resolved_config()
+
+
+def _check_trained_models():
+    """A trained run whose model folder no longer matches its checksums (a file deleted or truncated since it was
+    saved) loses its receipt, so that this workflow trains it again (a dry run only says so); the unpacked models
+    are named with the command that redoes them. Names and sizes only: no file is read."""
+    runs = set(C.table_runs(PROFILE, default_only=False)) | set((PROFILE.get("figures") or {}).get("runs") or [])
+    for pair in PAIRS:
+        for run in sorted(runs):
+            receipt = Path(pdir(pair)) / "runs" / run / RECEIPT
+            problem = receipt.exists() and quick_check(receipt.parent / "model")
+            if problem:
+                if READ_ONLY or _LOCKED_BY_OTHER:
+                    print(f"dwakd: {problem} (a run of the workflow removes {receipt} and retrains it)",
+                          file=sys.stderr)
+                else:
+                    receipt.unlink()
+                    print(f"dwakd: {problem} (removed {receipt}: this run retrains it)", file=sys.stderr)
+        for role in ("teacher", "student_base"):
+            problem = quick_check(Path(pdir(pair)) / "models" / role)
+            if problem:
+                print(f"dwakd: {problem}", file=sys.stderr)
+
+
+if workflow.exec_mode.name == "DEFAULT":
+    _check_trained_models()
 
 
 def digest(*parts) -> str:
@@ -227,7 +297,7 @@ def eval_model_input(w):
         return []
     if w.model == "teacher":
         return rules.models.output
-    return f"{P}/runs/{w.model}/model"
+    return f"{P}/runs/{w.model}/{RECEIPT}"  # the receipt of the run's model folder (rule train)
 
 
 def teacher_dtype(pair):
@@ -244,7 +314,7 @@ def eval_model_arg(w, input):
         return "copy"
     if w.model == "teacher":
         return f"{input.model}/teacher"
-    return input.model
+    return f"{parent(input.model)}/model"
 
 
 def table_models(w):

@@ -16,7 +16,7 @@ rule attention:
     input:
         models=rules.models.output,
         data=f"{R}/data/{FIG_SET}.jsonl",
-        runs=expand(f"{P}/runs/{{run}}/model", run=FIG_RUNS, allow_missing=True),
+        runs=expand(f"{P}/runs/{{run}}/{RECEIPT}", run=FIG_RUNS, allow_missing=True),
     output:
         attention=f"{P}/tables/attention.csv",
         band=f"{P}/tables/attention_band.csv",

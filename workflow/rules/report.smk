@@ -66,10 +66,10 @@ rule significance:
 
 
 # The training logs (runs/<run>/train_log.jsonl) are written beside each run's model but are not outputs of
-# the train rule (Snakemake would delete them before a resumed run); the runs' model folders stand for them.
+# the train rule (Snakemake would delete them before a rerun); the runs' receipts stand for them.
 rule efficiency:
     input:
-        models=expand(f"{P}/runs/{{run}}/model", run=RUNS, allow_missing=True),
+        models=expand(f"{P}/runs/{{run}}/{RECEIPT}", run=RUNS, allow_missing=True),
         published=PUBLISHED,
     output:
         md=f"{P}/tables/efficiency.md",

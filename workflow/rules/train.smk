@@ -5,7 +5,10 @@ rule train:
         dev=rules.data.output.dev,
         vocab_map=run_vocab_map,  # MinED: rules.vocab_map.output; else nothing
     output:
-        directory(f"{P}/runs/{{run}}/model"),
+        # the receipt beside runs/<run>/model/ (sha256 of its checksums), written when `dwakd train` puts a
+        # finished run in place: Snakemake removes only it before a rerun, and a rerun that fails leaves the
+        # run's last complete result (model, train_log.jsonl, selection.json) as it was
+        f"{P}/runs/{{run}}/{RECEIPT}",
     params:
         cfg=CFG,
         pair=pair_of,

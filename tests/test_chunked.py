@@ -1,0 +1,291 @@
+"""Row-blocked losses (``dwakd.losses.chunked``) equal the one-block computation in value and gradient; the
+teacher's response rows only, the cached token alignments, the fp32 Soft-DTW costs under autocast and the
+position-limit check at the start of a run (issue 18)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines.uld import sorted_probs, uld_distance
+from dwakd.errors import ConfigError
+from dwakd.losses import chunked
+from dwakd.losses.chunked import rowwise
+from dwakd.losses.divergences import (
+    DIVERGENCES,
+    divergence,
+    head_ce,
+    head_divergence,
+    response_positions,
+    token_ce,
+)
+from dwakd.losses.softdtw import cosine_cost
+from dwakd.methods.base import build_config
+from dwakd.methods.dwakd import entropy
+from dwakd.models import LMOutput, check_position_limits, forward, load_model, load_tokenizer
+from dwakd.registry import get_method
+from dwakd.train import TrainConfig, Trainer
+
+D = torch.float64
+
+
+def _logits(*shape, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=D) * scale)
+
+
+# ------------------------------------------------------------------------------------------ rowwise
+
+
+def test_rowwise_gradcheck_in_float64():
+    """The custom backward (block recomputation) against finite differences, rows and a shared tensor."""
+    def fn(x, y, w):
+        return ((x @ w).softmax(-1) * y).sum(-1) + (x ** 2).sum(-1)
+
+    x = _logits(7, 3, seed=1).requires_grad_(True)
+    y = _logits(7, 4, seed=2).requires_grad_(True)
+    w = _logits(3, 4, seed=3).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, y, w: rowwise(fn, [x, y], [w], chunk_rows=2), (x, y, w))
+    plain = fn(x, y, w)
+    blocked = rowwise(fn, [x, y], [w], chunk_rows=3)
+    assert torch.equal(plain, blocked)
+    g_plain = torch.autograd.grad(plain.sum(), (x, y, w))
+    g_blocked = torch.autograd.grad(blocked.sum(), (x, y, w))
+    for a, b in zip(g_plain, g_blocked):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_rowwise_leaves_inputs_without_grad_alone_and_handles_no_rows():
+    x = _logits(5, 3).requires_grad_(True)
+    idx = torch.tensor([4, 0, 2, 2, 1])
+    table = _logits(6, 3, seed=4)  # no gradient wanted
+    out = rowwise(lambda x, i, t: (x * t[i]).sum(-1), [x, idx], [table], chunk_rows=2)
+    (gx,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(gx, table[idx])
+    empty = rowwise(lambda x: x.sum(-1), [x[:0]], chunk_rows=2)
+    assert empty.shape == (0,)
+
+
+# ------------------------------------------------------------------------------------------ divergences
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_chunked_divergence_equals_the_plain_one(name, reduction):
+    """Every divergence: blocks of 3 rows (masked rows skipped, a −inf entry) = one call, values and gradients
+    (float64 inputs; the divergences compute in fp32, so a sum over rows may differ in its last bits); masked
+    positions keep exactly zero value and gradient."""
+    s = _logits(2, 5, 11, seed=5).requires_grad_(True)
+    t = _logits(2, 5, 11, seed=6).requires_grad_(True)
+    with torch.no_grad():
+        t[0, 1, 3] = -math.inf
+        s[1, 4] = float("nan")  # a masked row: never read
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 4] = mask[0, 0] = False
+    plain = divergence(name, s, t, mask, 2.0, reduction=reduction, chunk_rows=None)
+    blocked = divergence(name, s, t, mask, 2.0, reduction=reduction, chunk_rows=3)
+    torch.testing.assert_close(blocked, plain, rtol=1e-6, atol=1e-6)
+    w = torch.rand(plain.shape, dtype=D, generator=torch.Generator().manual_seed(7)) if reduction == "none" else 1.0
+    g_plain = torch.autograd.grad((plain * w).sum(), (s, t))
+    g_blocked = torch.autograd.grad((blocked * w).sum(), (s, t))
+    for a, b in zip(g_plain, g_blocked):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+        assert torch.all(b[~mask] == 0)
+
+
+@pytest.mark.parametrize("name", ["fkl", "js", "skl"])
+def test_head_divergence_equals_the_divergence_of_the_product(name):
+    h = _logits(9, 4, seed=10, scale=1.0).requires_grad_(True)
+    w = _logits(13, 4, seed=11, scale=1.0).requires_grad_(True)
+    t_all = _logits(20, 13, seed=12)
+    idx = torch.tensor([3, 0, 19, 7, 7, 12, 5, 1, 2])
+    every = torch.ones(9, dtype=torch.bool)
+    ref = divergence(name, h @ w.T, t_all[idx], every, 2.0, reduction="none", chunk_rows=None)
+    g_ref = torch.autograd.grad(ref.sum(), (h, w))
+    for kw in ({"teacher_logits": t_all[idx]}, {"teacher_logits": t_all, "teacher_index": idx}):
+        got = head_divergence(name, h, w, temperature=2.0, reduction="none", chunk_rows=2, **kw)
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+        for a, b in zip(g_ref, torch.autograd.grad(got.sum(), (h, w))):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_chunked_token_ce_and_head_ce_equal_cross_entropy():
+    logits = _logits(3, 6, 10, seed=13).requires_grad_(True)
+    labels = torch.randint(0, 10, (3, 6), generator=torch.Generator().manual_seed(0))
+    labels[0, :3] = labels[2, 4:] = -100
+    ref = token_ce(logits, labels, chunk_rows=None)  # fp32 inside, whatever the input dtype
+    got = token_ce(logits, labels, chunk_rows=2)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(ref, logits), torch.autograd.grad(got, logits)):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    h = _logits(7, 4, seed=14, scale=1.0).requires_grad_(True)
+    w = _logits(10, 4, seed=15, scale=1.0)
+    y = torch.tensor([1, 2, 3, -100, 9, 0, 4])
+    ref = F.cross_entropy((h @ w.T).float(), y, reduction="sum")
+    got = head_ce(h, w, y, chunk_rows=3)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(got, h)[0], torch.autograd.grad(ref, h)[0], rtol=1e-6, atol=1e-7)
+
+
+def test_chunked_entropy():
+    z = _logits(9, 12, seed=16)
+    torch.testing.assert_close(entropy(z, chunk_rows=2), entropy(z, chunk_rows=None), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("vs,vt", [(7, 19), (19, 7), (11, 11)])
+def test_uld_distance_without_padding_equals_the_padded_reference(vs, vt):
+    """ULD's sorted distance with the tails summed instead of padded (and the teacher sorted without gradient,
+    block by block) = the padded reference, value and student gradient, chunked or not (fp32 inside: the sums
+    associate differently)."""
+    s = _logits(6, vs, seed=17).requires_grad_(True)
+    t = _logits(6, vt, seed=18)
+    width = max(vs, vt)
+    ref = (sorted_probs(s, 1.5, width) - sorted_probs(t, 1.5, width)).abs().sum(-1)
+    g_ref = torch.autograd.grad(ref.sum(), s)[0]
+    for chunk in (None, 4):
+        got = uld_distance(s, t, 1.5, chunk_rows=chunk)
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(torch.autograd.grad(got.sum(), s)[0], g_ref, rtol=1e-6, atol=1e-7)
+    idx = torch.tensor([5, 4, 3, 2, 1, 0])
+    torch.testing.assert_close(uld_distance(s, t.flip(0), 1.5, teacher_index=idx, chunk_rows=4), ref,
+                               rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ autocast
+
+
+def test_soft_dtw_costs_are_fp32_under_cpu_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 9, 16, generator=g), torch.randn(2, 7, 16, generator=g)
+    ref = cosine_cost(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = cosine_cost(x, y)
+        assert torch.bmm(x, y.transpose(1, 2)).dtype == torch.bfloat16  # autocast is on for everything else
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+
+def test_rowwise_recomputes_under_the_forward_autocast_state():
+    """Blocks recomputed in the backward pass run under the forward's autocast (a bf16 head product), so the
+    gradients equal those of the plain computation under the same autocast."""
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(10, 8, generator=g).requires_grad_(True)
+    w = torch.randn(30, 8, generator=g)
+    t = torch.randn(10, 30, generator=g)
+    out = {}
+    for chunk in (None, 3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            v = head_divergence("fkl", h, w, t, 1.0, chunk_rows=chunk)
+        out[chunk] = (v, torch.autograd.grad(v, h)[0])
+    torch.testing.assert_close(out[3][0], out[None][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[3][1], out[None][1], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ methods on the tiny pair
+
+
+def _cfg(name):
+    return build_config(get_method(name).Config, {}, name)
+
+
+def _counting(monkeypatch):
+    calls = []
+    orig = chunked._RowChunked.apply
+
+    def apply(*a):
+        calls.append(1)
+        return orig(*a)
+
+    monkeypatch.setattr(chunked._RowChunked, "apply", apply)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["uld", "mined", "dskd_cma", "dskd_eta", "cma_ga", "dwakd"])
+def test_methods_chunked_with_teacher_rows_and_cached_pairs_equal_the_plain_path(name, tiny_pair, dolly_small,
+                                                                                tmp_path, monkeypatch):
+    """A method's loss and every gradient (student and method parameters): blocks of 3 rows, the
+    teacher's logits at its response positions only (``LMOutput.rows``) and the token alignments cached with the
+    data = one block, the full teacher logits and the alignment computed in the loss."""
+    torch.manual_seed(0)
+    student = load_model(tiny_pair / "student_base")
+    teacher = load_model(tiny_pair / "teacher").requires_grad_(False)
+    stok, ttok = load_tokenizer(tiny_pair / "student_base"), load_tokenizer(tiny_pair / "teacher")
+    method = get_method(name)(_cfg(name), student, teacher, stok, ttok)
+    method.on_step(0.3)
+    cfg = TrainConfig(batch_size=3, max_len=96, max_prompt_len=48, select_by="last", progress=False)
+    tr = Trainer(method, student, teacher, stok, ttok, cfg, tmp_path / "run")
+    items = tr.make_items([dolly_small[i] for i in (9, 12, 33)])
+    batch = tr.batch(items)
+    if hasattr(method, "token_pairs"):
+        assert "pairs" in batch
+        b, s, t = method.align(batch["student"]["labels"], batch["teacher"]["labels"])
+        assert [(k, p, q) for k, ps in enumerate(batch["pairs"]) for p, q in ps] == list(zip(b, s, t))
+    else:
+        assert "pairs" not in batch
+    assert method.teacher_logit_rows == "response"
+    params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
+
+    def run(b, rows: bool, elements: int):
+        monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", elements)
+        tb = b["teacher"]
+        with torch.no_grad():
+            t_out = forward(teacher, tb["input_ids"], tb["attention_mask"], hidden=True, embeds=True,
+                            rows=response_positions(tb["labels"]) if rows else None)
+        sb = b["student"]
+        s_out = forward(student, sb["input_ids"], sb["attention_mask"], hidden=True, embeds=True)
+        torch.manual_seed(1)
+        loss, logs = method.loss(b, s_out, t_out)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return loss, logs, grads, t_out
+
+    plain = {k: v for k, v in batch.items() if k != "pairs"}
+    loss0, logs0, g0, t_full = run(plain, False, 1 << 40)
+    calls = _counting(monkeypatch)
+    loss1, logs1, g1, t_rows = run(batch, True, 3 * len(ttok))
+    assert calls, "nothing was chunked"
+    assert t_rows.logits.dim() == 2 and t_rows.logits.size(0) == int(t_rows.rows.sum()) < t_full.logits[..., 0].numel()
+    torch.testing.assert_close(t_rows.logits, t_full.logits[t_rows.rows], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss1, loss0, rtol=1e-5, atol=1e-5)
+    for k in logs0:
+        torch.testing.assert_close(logs1[k], logs0[k], rtol=1e-5, atol=1e-5)
+    for p, a, b in zip(params, g0, g1):
+        if a is None:
+            assert b is None or torch.all(b == 0)
+            continue
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_lmoutput_rows_reads_like_the_full_layout():
+    logits = _logits(2, 4, 5)
+    rows = torch.tensor([[False, True, True, False], [True, True, False, False]])
+    full, part = LMOutput(logits=logits), LMOutput(logits=logits[rows], rows=rows)
+    assert part.logits_at(rows) is part.logits
+    sub = rows.clone()
+    sub[0, 1] = False
+    assert torch.equal(part.logits_at(sub), full.logits_at(sub))
+    b, p = torch.tensor([1, 0, 1]), torch.tensor([0, 2, 1])
+    assert torch.equal(part.logits_index(b, p), full.logits_index(b, p))
+    flat, idx = part.row_index(b, p)
+    assert torch.equal(flat[idx], logits[b, p])
+    with pytest.raises(IndexError, match="rows"):
+        part.logits_index(torch.tensor([0]), torch.tensor([0]))
+
+
+# ------------------------------------------------------------------------------------------ position limit
+
+
+def test_max_len_beyond_a_model_position_limit_fails_at_the_start_of_the_run(tiny_pair, dolly_small, tmp_path):
+    """The tiny pair has 256 positions: max_len 300 is refused before any step, naming the key and the model."""
+    from dwakd.methods.sft import SFT, SFTConfig
+
+    student = load_model(tiny_pair / "student_base")
+    tok = load_tokenizer(tiny_pair / "student_base")
+    cfg = TrainConfig(batch_size=2, max_len=300, max_prompt_len=48, select_by="last", progress=False, max_steps=1)
+    tr = Trainer(SFT(SFTConfig(), student), student, None, tok, None, cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"train\.max_len: 300 .*student model's position limit of 256"):
+        tr.fit(dolly_small[:4])
+    assert not (tmp_path / "run" / "train_log.jsonl").exists()
+    check_position_limits(256, {"student": student, "teacher": None})  # at the limit: fine
