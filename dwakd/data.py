@@ -7,7 +7,6 @@ record and fails with the file, the line number and the field.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from typing import Iterable
 
 from dwakd.atomic import atomic_file
 from dwakd.errors import DataError
-from dwakd.files import iter_jsonl_lines, regenerate_hint
+from dwakd.files import iter_jsonl_lines, regenerate_hint, sha256_file  # noqa: F401 (sha256_file: re-exported)
 
 ASSETS = Path(str(resources.files("dwakd") / "assets"))
 SHIPPED_DATA = ASSETS / "data"
@@ -86,14 +85,6 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> None:
     with atomic_file(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_checksums(directory: Path, sums_file: str = "SHA256SUMS") -> None:

@@ -7,7 +7,6 @@ or a second process follow the table.
 
 from __future__ import annotations
 
-import copy
 import gzip
 import json
 import os
@@ -24,6 +23,7 @@ from dwakd import config as C
 from dwakd.errors import ConfigError, DataError
 from dwakd.files import (CHECKSUMS, RECEIPT, DamagedModelError, publish_run, quick_check, read_json,
                          regenerate_hint, staging_dir, verify_model_dir, write_checksums)
+from test_config_errors import _with  # config/config.yaml with dotted keys changed
 
 ROOT = Path(__file__).resolve().parent.parent
 REDO = r"regenerate it: snakemake --cores all -f {path} \(with this run's --config / --configfile\)"
@@ -322,17 +322,6 @@ def test_publish_swaps_the_whole_run_folder_and_a_failed_publish_changes_nothing
 
 
 # ------------------------------------------------------------------------------------------------ config edges
-
-
-def _with(changes: dict) -> dict:
-    cfg = copy.deepcopy(yaml.safe_load(C.DEFAULT_CONFIG.read_text()))
-    for key, value in changes.items():
-        *parents, leaf = key.split(".")
-        node = cfg
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
 
 
 CONFIG_FAULTS = [
