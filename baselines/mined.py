@@ -223,9 +223,8 @@ class MinED(Method):
             return kl_from_logprobs(target_logp, s, torch.ones_like(i, dtype=torch.bool), tau, reduction="none")
 
         n = b.numel()
-        rows = rows_for(t_flat.size(-1))
         kd_aligned = rowwise(kl_rows, [s_logits[b, sp], t_idx], [t_flat, s2t],
-                             chunk_rows=rows if n > rows else None).sum()
+                             chunk_rows=rows_for(t_flat.size(-1))).sum()
 
         # every other response position: one-hot at the gold token, KL = −log p_s,τ(y)
         other = response_mask(sl)
@@ -235,9 +234,7 @@ class MinED(Method):
         def ce_rows(s, y):
             return F.cross_entropy(s.float() / tau, y, reduction="none")
 
-        n_other = gold.numel()
-        rows = rows_for(s_logits.size(-1))
-        kd_onehot = rowwise(ce_rows, [s_logits[other], gold], chunk_rows=rows if n_other > rows else None).sum()
+        kd_onehot = rowwise(ce_rows, [s_logits[other], gold], chunk_rows=rows_for(s_logits.size(-1))).sum()
 
         kd = kd_aligned + kd_onehot
         loss = (1.0 - cfg.kd_rate) * ce + cfg.kd_rate * kd

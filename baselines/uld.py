@@ -113,10 +113,8 @@ def uld_distance(student_rows: torch.Tensor, teacher_logits: torch.Tensor, tempe
         ps = _sorted(s, temperature)
         return (ps[:, :k] - pt).abs().sum(-1) + ps[:, k:].sum(-1) + tail_t
 
-    n = student_rows.size(0)
     rows = rows_for(max(student_rows.size(-1), teacher_logits.size(-1))) if chunk_rows == "auto" else chunk_rows
-    return rowwise(rows_fn, [student_rows, pt_head, pt_tail],
-                   chunk_rows=rows if rows is not None and n > rows else None)
+    return rowwise(rows_fn, [student_rows, pt_head, pt_tail], chunk_rows=rows)  # rows ≥ N: one plain call
 
 
 def _paired(student_mask: torch.Tensor, teacher_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

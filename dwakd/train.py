@@ -119,8 +119,8 @@ def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None,
     similar lengths, as in Hugging Face's ``LengthGroupedSampler``: a random permutation is cut into windows
     of ``window × batch`` samples, each window is sorted by length, cut into batches, and the order of the
     batches is shuffled. Every sample is still seen once per epoch; only which samples share a batch
-    changes, and with it the padding (2.45× the real tokens on the mini profile's 720 samples in random
-    batches of 16, 1.0x when grouped)."""
+    changes, and with it the padding (the mini profile's 720 samples, batches of 16: 2.41× the real tokens
+    in random batches, 1.03× grouped; docs/experiments.md E6)."""
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = torch.randperm(n, generator=g).tolist()
     if lengths is None:

@@ -197,7 +197,7 @@ def entropy(logits: torch.Tensor, chunk_rows: int | str | None = "auto") -> torc
     if logits.dim() != 2 or chunk_rows is None:
         return _entropy(logits)
     rows = rows_for(logits.size(-1)) if chunk_rows == "auto" else int(chunk_rows)
-    return rowwise(_entropy, [logits], chunk_rows=rows if logits.size(0) > rows else None)
+    return rowwise(_entropy, [logits], chunk_rows=rows)  # rows ≥ N: one plain call
 
 
 def gather_left(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
