@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -58,3 +60,43 @@ def test_paper_shapes_runs_each_method_in_its_own_process_relative_to_dskd_cma(t
     for r in rows.values():
         assert r["loss_backward_s"] > 0 and r["step_peak_gib"] >= 0 and r["loss_peak_gib"] >= 0
         assert r["code"] == str(ROOT)  # this checkout's code (``--code`` points elsewhere)
+
+
+def _eval_json(scores: "np.ndarray") -> dict:
+    """An eval JSON with per-prompt ROUGE-L of shape (K seeds, n prompts)."""
+    return {"ids": [f"p{i}" for i in range(scores.shape[1])],
+            "seeds": {str(10 * (k + 1)): {"scores": scores[k].tolist()} for k in range(scores.shape[0])}}
+
+
+def test_rouge_power_recovers_variance_components_and_the_bootstrap_mdd():
+    import numpy as np
+
+    from dwakd.stats import paired_bootstrap, paired_differences
+
+    rp = _load("rouge_power")
+    rng = np.random.default_rng(0)
+    k, n, between_sd, within_sd = 3, 4000, 2.0, 6.0
+    prompt = rng.normal(10, 5, n)  # what both runs share per prompt
+    effect = 0.5 + rng.normal(0, between_sd, n)  # the true per-prompt difference
+    shared = rng.normal(0, 4, (k, n))  # common random numbers: one seed's noise, shared by both runs
+    base = prompt + shared + rng.normal(0, within_sd / 2 ** 0.5, (k, n))
+    method = prompt + effect + shared + rng.normal(0, within_sd / 2 ** 0.5, (k, n))
+    c = rp.components(_eval_json(method), _eval_json(base))
+    assert abs(c["diff"] - 0.5) < 0.15
+    assert abs(c["between"] - between_sd ** 2) / between_sd ** 2 < 0.15  # the shared noise is not counted
+    assert abs(c["within"] - within_sd ** 2) / within_sd ** 2 < 0.05
+    mdd = rp.avg_mdd([c], lambda c: c["n"], k)
+    boot = paired_bootstrap({"s": paired_differences(_eval_json(method), _eval_json(base), "m", "b")},
+                            resamples=2000).loc["avg", "mdd"]
+    assert abs(mdd - boot) / boot < 0.1
+    assert rp.avg_mdd([c], lambda c: 4 * c["n"], k) == pytest.approx(mdd / 2)  # 4x the prompts: half the MDD
+
+
+def test_rouge_power_refuses_runs_sampled_with_different_seeds():
+    import numpy as np
+
+    rp = _load("rouge_power")
+    a = _eval_json(np.zeros((2, 5)))
+    b = {"ids": a["ids"], "seeds": {"1": {"scores": [0.0] * 5}, "2": {"scores": [0.0] * 5}}}
+    with pytest.raises(ValueError, match="different seeds"):
+        rp.components(a, b)
