@@ -52,9 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines._common import check_choice, check_kd, check_range
-from baselines.dskd_cma import CMATerms, DSKDCMA, model_dims
+from baselines.dskd_cma import DSKDCMA
+from dwakd.methods.base import check_kd
+from dwakd.methods.dual_space import CMATerms, model_dims
 from dwakd.registry import register
+from dwakd.settings import check_choice, check_range
 
 VARIANTS = ("paper", "reference_code")
 

@@ -54,24 +54,15 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from baselines._common import (
-    aligned_positions,
-    aligned_tensors,
-    check_choice,
-    check_kd,
-    require_offsets,
-    require_teacher,
-    require_tokenizers,
-    sample_pairs,
-    tokens_of,
-)
 from dwakd.align.projection import pinv_t2s_init, s2t_matrix, shared_vocab, teacher_head_pinv
-from dwakd.align.tokens import exact_token_alignment, offsets_alignment
+from dwakd.align.responses import aligned_positions, aligned_tensors, eta_pairs, sample_pairs
+from dwakd.align.tokens import offsets_alignment
 from dwakd.losses.chunked import rows_for
 from dwakd.losses.divergences import IGNORE, divergence, head_ce, head_divergence, token_ce
-from dwakd.methods.base import Method
+from dwakd.methods.base import Method, check_kd, require_offsets, require_teacher, require_tokenizers
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
+from dwakd.settings import check_choice
 
 ALIGNMENTS = ("eta", "offsets")
 
@@ -88,15 +79,6 @@ class DSKDETAConfig:
     def validate(self, where: str) -> None:
         check_kd(self, where)
         check_choice(where, "alignment", self.alignment, ALIGNMENTS)
-
-
-def eta_pairs(student_tokenizer, teacher_tokenizer, student_ids: list[int], teacher_ids: list[int]
-              ) -> list[tuple[int, int]]:
-    """ETA's aligned ``(i, j)`` pairs of two id sequences of the same text (DSKD-ETA's rule, ``alignment='eta'``):
-    ``exact_token_alignment`` on their token strings, either tokenizer's EOS counting as EOS."""
-    eos = frozenset({student_tokenizer.eos_token, teacher_tokenizer.eos_token})
-    return exact_token_alignment(tokens_of(student_tokenizer, student_ids), tokens_of(teacher_tokenizer, teacher_ids),
-                                 eos=eos)
 
 
 @register

@@ -34,16 +34,11 @@ The map is built once per pair by ``dwakd vocab-map`` (workflow rule ``vocab_map
 vocabularies (its fingerprint differs) is an error. A ``vocab_map`` path that does not exist yet is built and
 written there (a cache for runs by hand); without ``vocab_map`` the map is built in memory.
 
-Map file (JSON): ``teacher_to_student`` (the id list), ``fingerprint`` (sha256 of both vocabularies,
-``vocab_fingerprint``), ``teacher_vocab_size``, ``student_vocab_size``, ``overrides`` (the EOS mapping),
-``rule`` (the ``map_rule`` it was built with).
+The map file (its fingerprint, rule and reading): ``dwakd/vocab_map.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -51,26 +46,15 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from baselines._common import (
-    aligned_positions,
-    aligned_tensors,
-    check_choice,
-    check_kd,
-    require_teacher,
-    require_tokenizers,
-    response_mask,
-    sample_pairs,
-    tokens_of,
-)
-from dwakd.align.tokens import VOCAB_MAP_RULES, build_vocab_map, dtw_align, invert_vocab_map, one_to_one
-from dwakd.atomic import atomic_write_text
-from dwakd.errors import ConfigError
-from dwakd.files import read_json, regenerate_hint
+from dwakd.align.responses import aligned_positions, aligned_tensors, response_mask, sample_pairs, tokens_of
+from dwakd.align.tokens import VOCAB_MAP_RULES, dtw_align, invert_vocab_map, one_to_one
 from dwakd.losses.chunked import rows_for, rowwise
 from dwakd.losses.divergences import kl_from_logprobs, token_ce
-from dwakd.methods.base import Method
+from dwakd.methods.base import Method, check_kd, require_teacher, require_tokenizers
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
+from dwakd.settings import check_choice
+from dwakd.vocab_map import mined_vocab_map, read_vocab_map, write_vocab_map
 
 UNMAPPED = -1e5  # DSKD: teacher logit given to student ids no teacher id maps to
 
@@ -89,66 +73,13 @@ class MinEDConfig:
         check_choice(where, "map_rule", self.map_rule, VOCAB_MAP_RULES)
 
 
-def vocab_fingerprint(teacher_vocab: dict, student_vocab: dict) -> str:
-    """sha256 of both vocabularies (token strings in id order): what a stored map was built for."""
-    h = hashlib.sha256()
-    for v in (teacher_vocab, student_vocab):
-        h.update(json.dumps(sorted(v.items(), key=lambda kv: kv[1]), ensure_ascii=False).encode())
-    return h.hexdigest()
-
-
-def eos_override(teacher_tokenizer, student_tokenizer) -> dict[int, int]:
-    """The teacher EOS maps to the student EOS (whatever their strings)."""
-    return {teacher_tokenizer.eos_token_id: student_tokenizer.eos_token_id}
-
-
-def mined_vocab_map(teacher_tokenizer, student_tokenizer, workers: int = -1, rule: str = "reference") -> list[int]:
-    """MinED's teacher → student map of two tokenizers (step 1): ``build_vocab_map`` with ``rule`` plus the EOS
-    override (a no-op for the published pairs, whose EOS strings are identical)."""
-    return build_vocab_map(teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab(), rule=rule, workers=workers,
-                           overrides=eos_override(teacher_tokenizer, student_tokenizer))
-
-
-def write_vocab_map(path: str | os.PathLike, t2s: list[int], teacher_tokenizer, student_tokenizer,
-                    **meta) -> None:
-    """Store a map with the fingerprint of both vocabularies (atomically); ``meta`` is stored as well."""
-    tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"fingerprint": vocab_fingerprint(tv, sv), "teacher_vocab_size": len(tv), "student_vocab_size": len(sv),
-            "overrides": {str(k): v for k, v in eos_override(teacher_tokenizer, student_tokenizer).items()},
-            **meta, "teacher_to_student": list(t2s)}
-    atomic_write_text(path, json.dumps(data))
-
-
-def read_vocab_map(path: str | os.PathLike, teacher_tokenizer, student_tokenizer, rule: str | None = None
-                   ) -> list[int]:
-    """A stored map, checked against the two tokenizers' vocabularies and, when both are known, the rule it was
-    built with (a mismatch names the file; files written before the rule was stored carry none)."""
-    path = Path(path)
-    data = read_json(path, "vocabulary map")  # missing, truncated, not UTF-8: DataError naming the file
-    try:
-        fp, t2s = data["fingerprint"], data["teacher_to_student"]
-    except (KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: not a vocabulary map written by `dwakd vocab-map` ({e}); "
-                          f"{regenerate_hint(path)}") from None
-    want = vocab_fingerprint(teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab())
-    if fp != want:
-        raise ConfigError(f"{path}: this vocabulary map was built for other tokenizers (fingerprint {fp[:12]}, these "
-                          f"are {want[:12]}); rebuild it with `dwakd vocab-map`")
-    stored = data.get("rule")
-    if rule is not None and stored is not None and stored != rule:
-        raise ConfigError(f"{path}: this vocabulary map was built with rule {stored!r}, the run asks for {rule!r} "
-                          f"(map_rule); rebuild it with `dwakd vocab-map --rule {rule}`")
-    return [int(x) for x in t2s]
-
-
 @register
 class MinED(Method):
     """MinED (see the module docstring)."""
 
     name = "mined"
     Config = MinEDConfig
+    needs_vocab_map = True
     citation = ("Wan et al. 2024, 'Knowledge Fusion of Large Language Models' (FuseLLM), arXiv 2401.10491; as "
                 "re-implemented for KD by Zhang et al., EMNLP 2024, arXiv 2406.17328.")
     needs_teacher = True

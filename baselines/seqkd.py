@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dwakd.losses.divergences import token_ce
 from dwakd.methods.base import Method
+from dwakd.methods.sft import SFT
 from dwakd.registry import register
 
 
@@ -42,7 +42,4 @@ class SeqKD(Method):
     citation = ("Kim & Rush 2016, 'Sequence-Level Knowledge Distillation', EMNLP 2016; teacher-sampled data as in "
                 "MiniLLM (Gu et al., ICLR 2024) and DSKD (Zhang et al., EMNLP 2024, arXiv 2406.17328).")
     train_data = "teacher"
-
-    def loss(self, batch, student_out, teacher_out):
-        ce = token_ce(student_out.logits, batch["student"]["labels"])
-        return ce, {"ce": ce.detach()}
+    loss = SFT.loss  # SFT's cross-entropy, on the teacher's samples

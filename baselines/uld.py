@@ -31,11 +31,12 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from baselines._common import check_choice, check_kd, n_response_tokens, require_teacher, response_mask
+from dwakd.align.responses import n_response_tokens, response_mask
 from dwakd.losses.chunked import rows_for, rowwise
 from dwakd.losses.divergences import token_ce
-from dwakd.methods.base import Method
+from dwakd.methods.base import Method, check_kd, require_teacher
 from dwakd.registry import register
+from dwakd.settings import check_choice
 
 
 @dataclass(frozen=True)

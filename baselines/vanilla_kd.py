@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baselines._common import ALTERNATIVES, check_kd, require_teacher, response_mask
+from dwakd.align.responses import response_mask
 from dwakd.errors import ConfigError
 from dwakd.losses.divergences import divergence, token_ce
-from dwakd.methods.base import Method
+from dwakd.methods.base import Method, check_kd, require_teacher
 from dwakd.models import lm_head_weight
-from dwakd.registry import register
+from dwakd.registry import cross_tokenizer_methods, register
 
 
 @dataclass
@@ -32,6 +32,12 @@ class VanillaKDConfig:
 
     def validate(self, where: str) -> None:
         check_kd(self, where)
+
+
+def _alternatives() -> str:
+    """The registered cross-tokenizer methods (``dwakd.registry.cross_tokenizer_methods``), listed in a sentence."""
+    names = cross_tokenizer_methods()
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @register
@@ -52,13 +58,13 @@ class VanillaKD(Method):
                 raise ConfigError(
                     f"{self.name}: needs a teacher and a student with the same vocabulary (the teacher reads the "
                     f"student's token ids), but the two tokenizers differ ({len(student_tokenizer)} vs "
-                    f"{len(teacher_tokenizer)} tokens); use a cross-tokenizer method instead: {ALTERNATIVES}")
+                    f"{len(teacher_tokenizer)} tokens); use a cross-tokenizer method instead: {_alternatives()}")
             self.width = len(student_tokenizer)
         else:
             vs, vt = lm_head_weight(student).size(0), lm_head_weight(teacher).size(0)
             if vs != vt:
                 raise ConfigError(f"{self.name}: needs the same vocabulary, but the student head has {vs} rows and "
-                                  f"the teacher head {vt}; use a cross-tokenizer method instead: {ALTERNATIVES}")
+                                  f"the teacher head {vt}; use a cross-tokenizer method instead: {_alternatives()}")
             self.width = vs
 
     def loss(self, batch, student_out, teacher_out):

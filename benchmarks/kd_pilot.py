@@ -4,7 +4,7 @@ score each on response bits per byte of whole test sets (teacher forcing; cheap 
     python benchmarks/kd_pilot.py --teacher DIR --student DIR --methods sft mined dskd_cma \
         --train-limit 1600 --steps 100 --out pilot.json
 
-Runs use the configured runs of config/config.yaml (``methods:``) with the default profile's train settings,
+Runs use the configured runs of config/config.yaml (``runs:``) with the default profile's train settings,
 overridden by the options here. Not part of the workflow: it exists to choose the embedded default's design.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from dwakd import config as C
-from dwakd.cli import build_run, load_pair_model
 from dwakd.data import SHIPPED_DATA, load_jsonl
 from dwakd.evaluate import response_bits_bytes
+from dwakd.run import build_run, load_pair_model
 from dwakd.train import Trainer
 
 
@@ -82,15 +82,16 @@ def main() -> None:
         results["student_base"] = {"bpb": bpb_sets(s0, stok, sets)}
     out.write_text(json.dumps(results, indent=1))
     for run in a.methods:
-        cls, mcfg, tcfg = build_run(cfg, run)
+        r = build_run(cfg, run)
+        cls, mcfg, tcfg = r.method, r.method_config, r.train_config
         over = {k: type(getattr(tcfg, k))(v) if not isinstance(getattr(tcfg, k), bool) else v == "true"
                 for k, v in (s.split("=", 1) for s in a.set)}
         tcfg = dataclasses.replace(tcfg, max_steps=a.steps, select_by="last", progress=False,
                                    num_threads=a.threads, **over)
-        if cls.name == "mined":
+        if cls.needs_vocab_map:
             vm = Path(a.out).with_suffix(".vocab_map.json")
             if not vm.exists():
-                from baselines.mined import mined_vocab_map, write_vocab_map
+                from dwakd.vocab_map import mined_vocab_map, write_vocab_map
                 from dwakd.models import load_tokenizer
                 tt, st = load_tokenizer(Path(a.teacher)), load_tokenizer(Path(a.student))
                 write_vocab_map(vm, mined_vocab_map(tt, st, workers=a.threads), tt, st)

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("sft", "mined", "uld", "dskd_eta", "dskd_cma", "cma_ga", "dwakd")
+METHODS = ("sft", "mined", "uld", "multilevel_ot", "dskd_eta", "dskd_cma", "cma_ga", "dwakd")
 
 #: the published configurations (Hugging Face config.json of Qwen/Qwen1.5-1.8B and openai-community/gpt2)
 TEACHER = dict(model_type="qwen2", vocab_size=151936, hidden_size=2048, intermediate_size=5504, num_hidden_layers=24,
@@ -112,7 +112,7 @@ def child(args) -> dict:
     import torch
 
     from dwakd.data import ASSETS
-    from dwakd.methods.base import build_config
+    from dwakd.settings import from_dict
     from dwakd.models import load_tokenizer
     from dwakd.registry import get_method
     from dwakd.train import TrainConfig, Trainer
@@ -128,7 +128,7 @@ def child(args) -> dict:
     stok = load_tokenizer(ASSETS / "mini" / "student")
     ttok = load_tokenizer(ASSETS / "mini" / "teacher")
     cls = get_method(args.child)
-    method = cls(build_config(cls.Config, {}, args.child), student, teacher if cls.needs_teacher else None,
+    method = cls(from_dict(cls.Config, {}, args.child), student, teacher if cls.needs_teacher else None,
                  stok, ttok).to(device)
     method.train()
     tcfg = TrainConfig(batch_size=args.batch, max_len=args.seq, max_prompt_len=min(256, args.seq // 4),

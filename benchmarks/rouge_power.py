@@ -1,6 +1,6 @@
 """How large must the evaluation be to resolve a ROUGE-L difference? A power projection from one workflow run.
 
-    python benchmarks/rouge_power.py results/eval [--baseline sft] [--data results/data]
+    python benchmarks/rouge_power.py results/mini/eval [--baseline sft] [--data results/data]
 
 For every run beside the baseline, per evaluation set s (prompts i, the run's seeds k = 1..K), the paired
 difference of seed-pooled scores ``D_i = mean_k x^m_{k,i} - mean_k x^b_{k,i}`` (as ``dwakd.stats``) is split

@@ -9,9 +9,9 @@ memory of a step (``torch.cuda.max_memory_allocated`` after a reset); on CPU the
 child process that loads the pair and takes two steps of that run alone (``os.wait4``), minus that of a
 child that only loads the student (so the figure is the teacher's weights, if any, plus the step's memory).
 
-    python benchmarks/step_time.py                       # every run in config `methods:`, 2 threads
+    python benchmarks/step_time.py                       # every run in config `runs:`, 2 threads
     python benchmarks/step_time.py --runs sft dskd_cma --threads 1 --repeat 5
-    python benchmarks/step_time.py --profile tiny --models results/tiny/models   # any prepared pair
+    python benchmarks/step_time.py --profile tiny --models results/tiny/tiny/models   # any prepared pair
 
 Prints a Markdown table and writes JSON with ``--out``. Not a test: nothing is asserted.
 """
@@ -56,9 +56,10 @@ class Bench:
     """One run's method, models, optimiser and fixed batch, ready to take steps."""
 
     def __init__(self, cfg: dict, run: str, root: Path, records: list[dict], device: torch.device):
-        from dwakd.cli import build_run
+        from dwakd.run import build_run
 
-        cls, mcfg, tcfg = build_run(cfg, run)
+        r = build_run(cfg, run)
+        cls, mcfg, tcfg = r.method, r.method_config, r.train_config
         tpath, spath = _paths(root)
         self.student = load_model(spath).to(device)
         stok = load_tokenizer(spath)
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="KEY.PATH=VALUE override")
     ap.add_argument("--profile", default=None, help="profile whose pair and training settings are used")
     ap.add_argument("--models", default=None, help="folder with teacher/ and student_base/ (or student/)")
-    ap.add_argument("--runs", nargs="*", default=None, help="runs of config `methods:` (default: all)")
+    ap.add_argument("--runs", nargs="*", default=None, help="runs of config `runs:` (default: all)")
     ap.add_argument("--batch", type=int, default=16, help="training records in the batch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     root = models_dir(cfg, args.models)
     records = load_jsonl(SHIPPED_DATA / cfg["datasets"]["dolly_train"]["file"])[: args.batch]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    runs = args.runs or [r for r in cfg["methods"] if r != "seqkd"]  # SeqKD's step is SFT's
+    runs = args.runs or [r for r in cfg["runs"] if r != "seqkd"]  # SeqKD's step is SFT's
 
     if args.memory_of is not None:  # child: load (and step) one run, then exit
         if args.memory_of:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             mem[r] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     del benches
     best = {r: min(v) for r, v in times.items()}
-    rows = [{"run": r, "method": cfg["methods"][r]["method"], "step_s": round(best[r], 4),
+    rows = [{"run": r, "method": cfg["runs"][r]["method"], "step_s": round(best[r], 4),
              "vs_sft": round(best[r] / best["sft"], 2), "peak_mem_mb": None if mem.get(r) is None else round(mem[r], 1),
              "mem_vs_sft": None if not mem.get("sft") or mem.get(r) is None else round(mem[r] / mem["sft"], 2),
              "all_s": [round(t, 4) for t in v]} for r, v in times.items()]

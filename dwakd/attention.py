@@ -1,9 +1,9 @@
 """Cross-model attention of trained runs: the maps behind the heatmaps, DWA-KD's band, and the token-alignment
 probe (``dwakd attention``; the figures are drawn by ``dwakd.figures`` from the tables written here).
 
-For every run of the profile's tables whose method has a cross-model attention (a ``DSKDCMA`` subclass:
+For every run of the profile's tables whose method has a cross-model attention (``Method.cross_model_attention``:
 DSKD-CMA, DSKD-CMA-GA, DWA-KD and its ablations), the trained student is loaded with the method's own trained
-parameters (``method_state.pt``, ``dwakd.train.load_method_state``) and the teacher, and each evaluation sample
+parameters (``method_state.pt``, ``dwakd.checkpoint.load_method_state``) and the teacher, and each evaluation sample
 of ``figures.set`` (prompt + first gold response, tokenised as in training) goes through one forward pass of
 both models and the method's ``terms(..., return_attention=True)``. ``A_t2s`` is restricted to the response
 positions: row i is the student position predicting the i-th response token, column j the teacher position
@@ -21,7 +21,7 @@ Tables (``<results_dir>/tables/``):
   map with the run's band settings; teacher positions;
 * ``alignment_probe.{csv,md,tex}``: the CMA-GA paper's probe (arXiv 2603.22056) for every such run over the
   first ``probe_samples`` samples: with the pairs of DSKD-ETA's exact token alignment
-  (``baselines.dskd_eta.eta_pairs``) as ground truth, ``mass_on_aligned`` is the mean attention weight
+  (``dwakd.align.responses.eta_pairs``) as ground truth, ``mass_on_aligned`` is the mean attention weight
   ``A_t2s[i, j]`` over the aligned pairs (i, j) (pooled over samples), ``top1_on_aligned`` the share of them
   whose row maximum is j, and ``chance`` the mean of 1/T_b over the same pairs: both values of a uniform
   attention over the T_b teacher response positions.
@@ -69,21 +69,14 @@ class FiguresConfig:
 
 
 def figures_config(cfg: dict) -> FiguresConfig:
-    from dwakd.methods.base import build_config
+    from dwakd.settings import from_dict
 
     name = cfg["profile"]
-    fc = build_config(FiguresConfig, C.profile(cfg).get("figures"), f"profiles.{name}.figures")
+    fc = from_dict(FiguresConfig, C.profile(cfg).get("figures"), f"profiles.{name}.figures")
     if fc.set not in C.profile(cfg)["eval"]["sets"]:
         raise ConfigError(f"profiles.{name}.figures.set: {fc.set!r} is not one of eval.sets "
                           f"{C.profile(cfg)['eval']['sets']}")
     return fc
-
-
-def has_cross_model_attention(method_cls: type) -> bool:
-    """Whether a method class computes DSKD's cross-model attention (``terms(..., return_attention=True)``)."""
-    from baselines.dskd_cma import DSKDCMA
-
-    return isinstance(method_cls, type) and issubclass(method_cls, DSKDCMA)
 
 
 def attention_runs(cfg: dict, fc: FiguresConfig) -> tuple[list[str], list[str]]:
@@ -92,7 +85,7 @@ def attention_runs(cfg: dict, fc: FiguresConfig) -> tuple[list[str], list[str]]:
     from dwakd.registry import get_method
 
     def cma(run: str) -> bool:
-        return has_cross_model_attention(get_method(C.run_spec(cfg, run)["method"]))
+        return get_method(C.run_spec(cfg, run)["method"]).cross_model_attention
 
     listed = C.table_runs(C.profile(cfg))
     for r in fc.runs or []:
@@ -118,14 +111,11 @@ class SampleMap:
     half_width: np.ndarray | None = None  # [S]
 
 
-def response_length(item: dict) -> int:
-    """Response positions of an encoded item (labels ≠ −100 after the first position)."""
-    return sum(1 for x in item["labels"][1:] if x != -100)
-
-
 def pick_samples(items: list[dict], n: int, min_tokens: int, max_tokens: int) -> list[int]:
     """Indices of the ``n`` heatmap samples: first the records whose response has ``min_tokens`` …
     ``max_tokens`` positions on both sides, in file order, then the others in file order."""
+    from dwakd.data import response_length  # the positions an item's loss is summed over
+
     def fits(it) -> bool:
         return all(min_tokens <= response_length(x) <= max_tokens for x in (it, it["teacher"]))
 
@@ -137,7 +127,7 @@ def run_maps(trainer, items: list[dict], ids: list[str], batch_size: int = 8, ba
     """``SampleMap`` of every item (``trainer.make_items``): one forward pass of each model per batch
     (``trainer.forward``, as in training) and the method's ``A_t2s``. ``band``: also the DWA-KD band
     (``band_geometry`` with the method's band settings)."""
-    from baselines._common import response_tokens
+    from dwakd.align.responses import response_tokens
     from dwakd.methods.dwakd import band_geometry, gather_left, response_attention
 
     method = trainer.method
@@ -224,13 +214,13 @@ def export(cfg: dict, models: Path, runs_dir: Path, data_dir: Path, out: Path, l
     samples, seconds)."""
     import time
 
-    from baselines._common import tokens_of
-    from baselines.dskd_eta import eta_pairs
-    from dwakd.cli import build_run
+    from dwakd.align.responses import eta_pairs, tokens_of
+    from dwakd.checkpoint import METHOD_STATE, load_method_state
     from dwakd.data import load_jsonl
     from dwakd.methods.dwakd import DWAKD
     from dwakd.models import load_model, load_tokenizer
-    from dwakd.train import METHOD_STATE, Trainer, load_method_state
+    from dwakd.run import build_run
+    from dwakd.train import Trainer
 
     t0 = time.time()
     fc = figures_config(cfg)
@@ -255,22 +245,22 @@ def export(cfg: dict, models: Path, runs_dir: Path, data_dir: Path, out: Path, l
     picked: list[int] = []
     n_probe = len(records) if fc.probe_samples == 0 else min(fc.probe_samples, len(records))
     for run in probe_runs:
-        cls, mcfg, tcfg = build_run(cfg, run, pair)
+        r = build_run(cfg, run, pair)
         model_dir = runs_dir / run / "model"
         student = load_model(model_dir).to(device).requires_grad_(False)
         stok = load_tokenizer(model_dir)
-        method = cls(mcfg, student, teacher, stok, ttok).to(device)
+        method = r.method(r.method_config, student, teacher, stok, ttok).to(device)
         load_method_state(method, model_dir)
-        trainer = Trainer(method, student, teacher, stok, ttok, tcfg, runs_dir / run)  # encoding, batches, forward
+        # encoding, batches and forward passes as in training
+        trainer = Trainer(method, student, teacher, stok, ttok, r.train_config, runs_dir / run)
         items = trainer.make_items(records)
         if not picked:
             picked = pick_samples(items, fc.samples, fc.min_tokens, fc.max_tokens)
         want = sorted(set(range(n_probe)) | (set(picked) if run in map_runs else set()))
         banded = isinstance(method, DWAKD) and method.flags.dtw == "banded"
         maps = dict(zip(want, run_maps(trainer, [items[k] for k in want], [ids[k] for k in want], band=banded)))
-        title = cfg["methods"][run].get("title", run)
         gt = [eta_pairs(stok, ttok, maps[k].student_ids, maps[k].teacher_ids) for k in range(n_probe)]
-        probe_rows.append({"run": run, "method": title, **probe([maps[k] for k in range(n_probe)], gt)})
+        probe_rows.append({"run": run, "method": r.title, **probe([maps[k] for k in range(n_probe)], gt)})
         if run in map_runs:
             for k in picked:
                 m = maps[k]
@@ -278,7 +268,7 @@ def export(cfg: dict, models: Path, runs_dir: Path, data_dir: Path, out: Path, l
                 s_tok, t_tok = tokens_of(stok, m.student_ids[:S]), tokens_of(ttok, m.teacher_ids[:T])
                 for i in range(S):
                     for j in range(T):
-                        att_rows.append((run, title, m.sample, i, j, s_tok[i], t_tok[j], float(m.a[i, j])))
+                        att_rows.append((run, r.title, m.sample, i, j, s_tok[i], t_tok[j], float(m.a[i, j])))
                     if banded:
                         band_rows.append((run, m.sample, i, float(m.centre[i]), float(m.half_width[i])))
         log(f"{run}: {probe_rows[-1]['n_aligned_pairs']} aligned pairs, mass on aligned "

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from dwakd.data import sha256_file
-from dwakd.methods.base import build_config
 from dwakd.methods.sft import SFT, SFTConfig
 from dwakd.models import build_model, count_parameters, load_model, load_tokenizer
+from dwakd.settings import from_dict
 from dwakd.train import TrainConfig, Trainer
 
 
@@ -46,7 +46,7 @@ def pretrain(role: str, spec: dict, tokenizer_dir: Path, records: list[dict], tr
     arch, kw = arch_kwargs(spec)
     torch.manual_seed(seed)
     model = build_model(arch, len(tok), tok, **kw)
-    cfg = build_config(TrainConfig, {"seed": seed, **train_over}, f"pairs.build.{role}_pretrain")
+    cfg = from_dict(TrainConfig, {"seed": seed, **train_over}, f"pairs.build.{role}_pretrain")
     train_sft(model, tok, records, cfg, out_dir, resume)
     return out_dir / "model"
 
@@ -75,7 +75,7 @@ def finetune(model_dir: Path, records: list[dict], train_over: dict, out_dir: Pa
     """SFT of a saved model on responses (the teacher's fine-tuning)."""
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir)
-    cfg = build_config(TrainConfig, {"seed": seed, **train_over}, "pairs.build.teacher_sft")
+    cfg = from_dict(TrainConfig, {"seed": seed, **train_over}, "pairs.build.teacher_sft")
     train_sft(model, tok, records, cfg, out_dir, resume)
     return out_dir / "model"
 

@@ -152,8 +152,9 @@ def cmd_pretrain(args) -> None:
     the self-built teacher in ``--init``, or a published pair's teacher with its ``sft`` settings)."""
     from dwakd import build
     from dwakd.hub import model_source
-    from dwakd.methods.base import build_config
-    from dwakd.train import TrainConfig, process_state
+    from dwakd.run import load_pair_model
+    from dwakd.settings import from_dict
+    from dwakd.train import TrainConfig, make_dev_scorer, process_state
 
     cfg = _cfg(args)
     name = C.pair_name(cfg, args.pair)
@@ -168,7 +169,7 @@ def cmd_pretrain(args) -> None:
         # under the profile's launcher: one process per GPU, each on its own device
         model, tok = load_pair_model(model_source(p["teacher"], f"pairs.{name}.teacher"), p["teacher"], "trained",
                                      process_state().device, f"pairs.{name}.teacher")
-        tcfg = build_config(TrainConfig, {"seed": seed, **p["teacher"]["sft"]}, f"pairs.{name}.teacher.sft")
+        tcfg = from_dict(TrainConfig, {"seed": seed, **p["teacher"]["sft"]}, f"pairs.{name}.teacher.sft")
         dev_scorer = None
         if tcfg.select_by != "last":
             if not args.dev:
@@ -195,110 +196,17 @@ def cmd_pretrain(args) -> None:
 # ----------------------------------------------------------------------------------- train
 
 
-def build_run(cfg: dict, run: str, pair: str | None = None):
-    """(method class, method config, train config) of a configured run on ``pair`` (default: the only one)."""
-    from dwakd.methods.base import build_config
-    from dwakd.registry import available, get_method
-    from dwakd.train import TrainConfig
-
-    spec = C.run_spec(cfg, run)
-    if spec["method"] not in available():
-        raise C.ConfigError(C.unknown_method(run, spec["method"], available()))
-    cls = get_method(spec["method"])
-    mcfg = build_config(cls.Config, spec.get("config"), f"methods.{run}.config")
-    tcfg = build_config(TrainConfig, C.train_overrides(cfg, run, pair), f"methods.{run}.train")
-    return cls, mcfg, tcfg
-
-
 def cmd_train(args) -> None:
-    import torch
-
-    from dwakd.files import RECEIPT, prepare_staging, publish_run, staging_dir
-    from dwakd.train import Trainer, process_state
+    from dwakd.run import build_run, train_run
 
     cfg = _cfg(args)
     try:
-        cls, mcfg, tcfg = build_run(cfg, args.run, args.pair)
+        run = build_run(cfg, args.run, args.pair, vocab_map=args.vocab_map or None, max_steps=args.max_steps)
     except C.ConfigError as e:
         raise _located(args, e) from None
-    if args.vocab_map:
-        if not any(f.name == "vocab_map" for f in dataclasses.fields(mcfg)):
-            raise C.ConfigError(f"--vocab-map: run {args.run} (method {cls.name}) takes no vocabulary map")
-        mcfg = dataclasses.replace(mcfg, vocab_map=str(args.vocab_map))
-    if args.max_steps:
-        tcfg = dataclasses.replace(tcfg, max_steps=args.max_steps)
     data = Path(args.data)
-    train_file = Path(args.train_file) if args.train_file else data / "train.jsonl"
-    records = load_jsonl(train_file)
-    if cls.train_data == "teacher":
-        from dwakd.generate import check_generated
-
-        check_generated(records, f"run {args.run} (method {cls.name}): {train_file}")
-    _threads(tcfg.num_threads)
-    models = Path(args.models)
-    proc = process_state()  # one process, or one of `accelerate launch`'s: its device, whether it writes
-    device = proc.device
-    pname = C.pair_name(cfg, args.pair)
-    pair_spec = C.pair(cfg, pname)
-    student, stok = load_pair_model(models / "student_base", pair_spec["student"], "trained", device,
-                                    f"pairs.{pname}.student")
-    teacher = ttok = None
-    if cls.needs_teacher:
-        teacher, ttok = load_pair_model(models / "teacher", pair_spec["teacher"], "teacher", device,
-                                        f"pairs.{pname}.teacher")
-    torch.manual_seed(tcfg.seed)  # the method's own parameters (projectors) start the same in every run
-    method = cls(mcfg, student, teacher, stok, ttok).to(device)
-    dev_scorer = None
-    if tcfg.select_by != "last":
-        dev_scorer = make_dev_scorer(load_jsonl(data / "dev.jsonl"), stok, tcfg)
-    # The run trains in OUT.partial/ and the finished attempt replaces OUT/ as a whole (model, train_log.jsonl,
-    # selection.json, resolved_config.yaml and the receipt OUT/model.sha256, the workflow's output): an attempt
-    # that fails (a NaN, a crash, a kill) leaves the last complete result in OUT/ as it was.
-    out = Path(args.out)
-    staging = prepare_staging(out) if proc.is_main_process else staging_dir(out)
-    proc.wait_for_everyone()
-    if proc.is_main_process:
-        C.dump({"run": args.run, "method": cls.name, "citation": cls.citation,
-                "method_config": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
-                "train_file": str(train_file), "train_records": len(records),
-                "pair": pair_spec, "profile": cfg["profile"]}, staging / "resolved_config.yaml")
-    t0 = time.time()
-    try:
-        Trainer(method, student, teacher, stok, ttok, tcfg, staging, dev_scorer).fit(records, resume=args.resume)
-    except (FloatingPointError, DataError, FileExistsError) as e:
-        kept = (f"; {out} still holds the last complete result (model, train_log.jsonl, selection.json)"
-                if (out / "model").is_dir() else "")
-        raise type(e)(f"{e}{kept}") from None
-    if proc.is_main_process:
-        receipt = publish_run(staging, out, f"snakemake --cores all -f {out / RECEIPT} (with this run's --config)")
-        print(f"trained {args.run} in {time.time() - t0:.1f}s -> {out / 'model'} ({receipt.name} written)")
-
-
-def load_pair_model(folder: Path, spec: dict, role: str, device, where: str):
-    """``(model, tokenizer)`` of ``folder`` set up as the pair's model entry ``spec`` says: ``role`` "teacher"
-    frozen in eval mode in ``spec.dtype`` (a fine-tuned teacher's LoRA is already merged into its folder);
-    "trained" with gradient checkpointing and LoRA when asked. Trained weights stay float32 (bf16 compute comes
-    from the Trainer's autocast on GPU, DSKD's bf16 mixed precision); ``spec.dtype`` applies to frozen weights:
-    a teacher, the base of a LoRA model."""
-    from dwakd.models import ModelSettings, load_for_training, load_model, load_tokenizer
-
-    names = {f.name for f in dataclasses.fields(ModelSettings)}
-    settings = ModelSettings.from_dict({k: spec[k] for k in names if k in spec}, where)
-    if role == "teacher":
-        model = load_model(folder, dtype=settings.torch_dtype).requires_grad_(False).eval()
-    else:
-        if settings.lora is None:
-            settings = dataclasses.replace(settings, dtype="float32")
-        model = load_for_training(folder, settings, where=where)
-    return model.to(device), load_tokenizer(folder)
-
-
-def make_dev_scorer(dev: list[dict], tokenizer, tcfg):
-    """``dwakd.train.make_dev_scorer``: the dev score for checkpoint selection (shared by the processes of
-    ``accelerate launch``)."""
-    from dwakd.train import make_dev_scorer
-
-    return make_dev_scorer(dev, tokenizer, tcfg)
+    train_run(run, Path(args.models), Path(args.train_file) if args.train_file else data / "train.jsonl",
+              data / "dev.jsonl", Path(args.out), resume=args.resume)
 
 
 # ------------------------------------------------------------------------------ generate
@@ -309,11 +217,11 @@ def cmd_generate(args) -> None:
     import torch
 
     from dwakd.generate import TeacherGenConfig, fingerprint, generate_dataset
-    from dwakd.methods.base import build_config
     from dwakd.models import load_model, load_tokenizer
+    from dwakd.settings import from_dict
 
     cfg = _cfg(args)
-    gcfg = build_config(TeacherGenConfig, C.profile(cfg).get("generate"), f"profiles.{cfg['profile']}.generate")
+    gcfg = from_dict(TeacherGenConfig, C.profile(cfg).get("generate"), f"profiles.{cfg['profile']}.generate")
     _threads(C.profile(cfg)["train"].get("num_threads", 0))
     records = load_jsonl(args.data)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -331,9 +239,10 @@ def cmd_generate(args) -> None:
 
 
 def cmd_vocab_map(args) -> None:
-    """MinED's teacher → student vocabulary map of the pair in ``--models`` (baselines/mined.py)."""
-    from baselines.mined import mined_vocab_map, write_vocab_map
+    """The teacher → student vocabulary map of the pair in ``--models`` (dwakd/vocab_map.py), for the methods that
+    read one (MinED)."""
     from dwakd.models import load_tokenizer
+    from dwakd.vocab_map import mined_vocab_map, write_vocab_map
 
     models = Path(args.models)
     ttok, stok = load_tokenizer(models / "teacher"), load_tokenizer(models / "student_base")
@@ -355,8 +264,8 @@ def cmd_eval(args) -> None:
     import torch
 
     from dwakd.evaluate import GenConfig, evaluate_copy, evaluate_model
-    from dwakd.methods.base import build_config
     from dwakd.models import load_model, load_tokenizer
+    from dwakd.settings import from_dict
 
     cfg = _cfg(args)
     if len(args.data) != len(args.out):
@@ -365,7 +274,7 @@ def cmd_eval(args) -> None:
     ev = C.profile(cfg)["eval"]
     gover = {k: ev[k] for k in ("seeds", "max_new_tokens", "max_prompt_len", "batch_size", "limit", "bpb_limit")
              if k in ev}
-    gcfg = build_config(GenConfig, gover, f"profiles.{cfg['profile']}.eval")
+    gcfg = from_dict(GenConfig, gover, f"profiles.{cfg['profile']}.eval")
     _threads(C.profile(cfg)["train"].get("num_threads", 0))
     model = tok = None
     if args.model != "copy":
@@ -402,8 +311,8 @@ def _report_settings(cfg: dict, published_arg: str | None = None) -> tuple:
     boot = BootstrapConfig(**(rep.get("bootstrap") or {}))
     baselines = list(rep.get("baselines", ["sft", "dskd_cma"]))
     for b in baselines:
-        if b not in cfg["methods"]:
-            raise C.ConfigError(f"report.baselines: {b!r} is not in methods ({sorted(cfg['methods'])})")
+        if b not in cfg["runs"]:
+            raise C.ConfigError(f"report.baselines: {b!r} is not in runs ({sorted(cfg['runs'])})")
     path = published_arg or rep.get("published")
     if path and not published_arg and not Path(path).is_absolute():
         path = C.ROOT / path
@@ -412,7 +321,7 @@ def _report_settings(cfg: dict, published_arg: str | None = None) -> tuple:
 
 def _titles(cfg: dict, runs) -> dict:
     titles = {"copy": "Copy instruction+input", "teacher": "Teacher"}
-    titles.update({r: cfg["methods"][r].get("title", r) for r in runs if r in cfg["methods"]})
+    titles.update({r: cfg["runs"][r].get("title", r) for r in runs if r in cfg["runs"]})
     return titles
 
 
@@ -477,7 +386,7 @@ def cmd_attention(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    """Figures from ``<results_dir>/tables/*.csv`` only (dwakd/figures.py)."""
+    """Figures from ``<results_dir>/<pair>/tables/*.csv`` only (dwakd/figures.py)."""
     from dwakd.figures import write_figures
     from dwakd.registry import merge_term_labels
 

@@ -1,8 +1,9 @@
 """Load, validate and resolve config/config.yaml.
 
 The JSON schema (workflow/schemas/config.schema.yaml) rejects unknown keys and wrong types with the key's
-path; ``check`` then checks the cross-references (profile → pair, sets, runs) and ``check_methods`` each run's
-method name and options against the registered methods' Config dataclasses. Every error is one line,
+path, and a profile merged over ``defaults`` (``profile``) that lacks a required key; ``check`` then checks the
+cross-references (profile → pairs, sets, runs) and ``check_methods`` each run's method name and options against
+the registered methods' Config dataclasses. Every error is one line,
 ``<key>: <what was expected>``; ``locate`` puts the file (or the ``--config`` / ``--set`` override) it comes
 from in front. The Snakefile runs the same checks (``check_all``) before it builds the DAG, so a dry run
 reports every configuration mistake; this module never imports torch (the registry is read through
@@ -12,7 +13,6 @@ reports every configuration mistake; this module never imports torch (the regist
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import hashlib
 import json
@@ -25,7 +25,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from dwakd.errors import ChoiceError, ConfigError
+from dwakd.errors import ConfigError
+from dwakd.settings import check_options
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -90,9 +91,15 @@ def _schema_error(e: jsonschema.ValidationError) -> tuple[str, str]:
 
 
 def validate(cfg: dict, source: str | None = None) -> None:
-    """The schema's first error (by key) as ``[source: ]<key>: <what was expected>``."""
+    """The schema's first error (by key) as ``[source: ]<key>: <what was expected>``: the config as written, then
+    each profile merged over ``defaults`` (``$defs/resolved_profile``: the keys a profile or ``defaults`` gives)."""
     schema = yaml.safe_load(SCHEMA.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.path))
+    if not errors:
+        merged = {"profiles": {name: _over_defaults(cfg, name) for name in cfg["profiles"]}}
+        resolved = {"$defs": schema["$defs"], "properties": {"profiles": {
+            "additionalProperties": {"$ref": "#/$defs/resolved_profile"}}}}
+        errors = sorted(jsonschema.Draft202012Validator(resolved).iter_errors(merged), key=lambda e: list(e.path))
     if errors:
         key, msg = _schema_error(errors[0])
         raise ConfigError(f"{source}: {key}: {msg}" if source else f"{key}: {msg}")
@@ -148,94 +155,46 @@ def check(cfg: dict) -> None:
     name = cfg["profile"]
     if name not in cfg["profiles"]:
         raise ConfigError(f"profile: unknown profile {name!r} (defined: {', '.join(sorted(cfg['profiles']))})")
-    prof = cfg["profiles"][name]
-    if ("pair" in prof) == ("pairs" in prof):
-        raise ConfigError(f"profiles.{name}: give exactly one of `pair` (one pair; results in results_dir) or "
-                          f"`pairs` (a list; results in results_dir/<pair>/)")
-    for p in profile_pairs(prof):
+    prof = profile(cfg)
+    for p in prof["pairs"]:
         if p not in cfg["pairs"]:
-            key = "pair" if "pair" in prof else "pairs"
-            raise ConfigError(f"profiles.{name}.{key}: {p!r} is not in pairs ({sorted(cfg['pairs'])})")
+            raise ConfigError(f"profiles.{name}.pairs: {p!r} is not in pairs ({sorted(cfg['pairs'])})")
     for s in prof["eval"]["sets"]:
         if s not in cfg["datasets"]:
             raise ConfigError(f"profiles.{name}.eval.sets: {s!r} is not in datasets ({sorted(cfg['datasets'])})")
     for key, runs in tables(prof).items():
         for r in runs:
-            if r not in cfg["methods"]:
-                raise ConfigError(f"profiles.{name}.{key}_table: {r!r} is not in methods ({sorted(cfg['methods'])})")
+            if r not in cfg["runs"]:
+                raise ConfigError(f"profiles.{name}.{key}_table: {r!r} is not in runs ({sorted(cfg['runs'])})")
     fig = prof.get("figures") or {}
     if fig.get("set", "dolly") not in prof["eval"]["sets"]:
         raise ConfigError(f"profiles.{name}.figures.set: {fig.get('set', 'dolly')!r} is not one of eval.sets "
                           f"{prof['eval']['sets']}")
     for r in fig.get("runs") or []:
-        if r not in cfg["methods"]:
-            raise ConfigError(f"profiles.{name}.figures.runs: {r!r} is not in methods ({sorted(cfg['methods'])})")
+        if r not in cfg["runs"]:
+            raise ConfigError(f"profiles.{name}.figures.runs: {r!r} is not in runs ({sorted(cfg['runs'])})")
     for b in (cfg.get("report") or {}).get("baselines") or []:
-        if b not in cfg["methods"]:
-            raise ConfigError(f"report.baselines: {b!r} is not in methods ({sorted(cfg['methods'])})")
-    check_shared_teachers(cfg, profile_pairs(prof))
+        if b not in cfg["runs"]:
+            raise ConfigError(f"report.baselines: {b!r} is not in runs ({sorted(cfg['runs'])})")
+    check_shared_teachers(cfg, prof["pairs"])
 
 
 # ------------------------------------------------------------------------------------ method options
 
-#: the option types checked by name (a field whose default is None, missing or of another type is not checked)
-OPTION_TYPES = {t.__name__: t for t in (bool, int, float, str, list, dict, tuple)}
-_PROBE = "\x00not-a-choice"
-
-
-def option_fields(cls: type) -> dict[str, dict]:
-    """The options of the dataclass ``cls``: name → ``{"type": the default's type name (None: unchecked),
-    "choices": the fixed set of values its ``validate`` accepts (None: any)}``. The choices are those of the
-    ``ChoiceError`` (``baselines._common.check_choice``) that ``validate`` raises for a value no set holds."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        default = None if f.default is dataclasses.MISSING else f.default
-        choices = None
-        if isinstance(default, str) and hasattr(cls, "validate"):
-            try:
-                cls(**{f.name: _PROBE}).validate("")
-            except ChoiceError as e:
-                choices = list(e.choices) if e.field == f.name else None
-            except Exception:  # noqa: BLE001 (not a fixed set, or not constructible with defaults alone)
-                pass
-        tname = type(default).__name__ if default is not None else None
-        out[f.name] = {"type": tname, "choices": choices}
-    return out
-
-
-def check_options(where: str, overrides: dict | None, options: dict[str, dict], accepts: str) -> None:
-    """``overrides`` of a Config dataclass (``options``: its ``option_fields``; ``accepts``: its name) has only
-    known options, of the default's type (an int where a float is expected), within the field's choices."""
-    overrides = overrides or {}
-    unknown = sorted(set(overrides) - set(options))
-    if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), list(options), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{where}: unknown option(s) {unknown}{hint}; {accepts} accepts {sorted(options)}")
-    for k, v in overrides.items():
-        t = OPTION_TYPES.get(options[k]["type"])
-        if t is not None and v is not None:
-            if not (isinstance(v, t) or (t is float and isinstance(v, int) and not isinstance(v, bool))):
-                raise ConfigError(f"{where}.{k}: expected {t.__name__}, got {v!r}")
-        choices = options[k]["choices"]
-        if choices is not None and v not in choices:
-            raise ConfigError(f"{where}.{k}: expected one of {sorted(choices)}, got {v!r}")
-
-
 def unknown_method(run: str, name: str, registered: list[str]) -> str:
     close = difflib.get_close_matches(str(name), registered, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"methods.{run}.method: unknown method {name!r}{hint} (registered: {', '.join(sorted(registered))})"
+    return f"runs.{run}.method: unknown method {name!r}{hint} (registered: {', '.join(sorted(registered))})"
 
 
 def check_methods(cfg: dict, specs: dict) -> None:
-    """Every run of ``methods``: a registered method (``specs``: ``method_specs()``) and options its Config
-    dataclass accepts (names, types, fixed choices)."""
-    for run, spec in cfg["methods"].items():
+    """Every entry of ``runs``: a registered method (``specs``: ``method_specs()``) and options its Config
+    dataclass accepts (names, types, fixed choices: ``dwakd.settings.check_options``, as ``dwakd train`` checks)."""
+    for run, spec in cfg["runs"].items():
         if spec["method"] not in specs:
             raise ConfigError(unknown_method(run, spec["method"], list(specs)))
         m = specs[spec["method"]]
-        check_options(f"methods.{run}.config", spec.get("config"), m["options"], m["config"])
+        check_options(f"runs.{run}.config", spec.get("config"), m["options"], m["config"])
 
 
 def _source_files() -> list[Path]:
@@ -374,18 +333,19 @@ def table_runs(prof: dict, default_only: bool = True) -> list[str]:
     return list(dict.fromkeys(r for runs in tables(prof, default_only).values() for r in runs))
 
 
+def _over_defaults(cfg: dict, name: str) -> dict[str, Any]:
+    return deep_merge(cfg.get("defaults") or {}, cfg["profiles"][name])
+
+
 def profile(cfg: dict) -> dict[str, Any]:
-    return cfg["profiles"][cfg["profile"]]
-
-
-def profile_pairs(prof: dict) -> list[str]:
-    """The pairs a profile runs: ``[pair]`` or its ``pairs`` list."""
-    return list(prof["pairs"]) if "pairs" in prof else [prof["pair"]]
+    """The chosen profile over ``defaults``: the profile's keys win, mappings (``train``, ``eval``, ``figures``,
+    ...) are merged key by key, a list (``main_table``, ``eval.sets``, ...) replaces the default's."""
+    return _over_defaults(cfg, cfg["profile"])
 
 
 def pair_name(cfg: dict, name: str | None = None) -> str:
     """``name`` checked against the profile's pairs, or the profile's only pair when ``name`` is None."""
-    pairs = profile_pairs(profile(cfg))
+    pairs = profile(cfg)["pairs"]
     if name is None:
         if len(pairs) != 1:
             raise ConfigError(f"profile {cfg['profile']!r} runs several pairs ({', '.join(pairs)}): "
@@ -426,9 +386,9 @@ def train_overrides(cfg: dict, run: str, pair_name_: str | None = None) -> dict:
 
 
 def run_spec(cfg: dict, run: str) -> dict:
-    if run not in cfg["methods"]:
-        raise ConfigError(f"run {run!r} is not in methods; defined: {', '.join(sorted(cfg['methods']))}")
-    return cfg["methods"][run]
+    if run not in cfg["runs"]:
+        raise ConfigError(f"run {run!r} is not in runs; defined: {', '.join(sorted(cfg['runs']))}")
+    return cfg["runs"][run]
 
 
 def dump(obj: Any, path: Path) -> None:

@@ -23,6 +23,7 @@ from rouge_score import rouge_scorer
 
 from dwakd.data import copy_baseline
 from dwakd.losses.divergences import token_nll
+from dwakd.sampling import SamplingConfig
 
 _SCORER = None
 
@@ -36,16 +37,10 @@ def rouge_l(prediction: str, references: list[str]) -> float:
 
 
 @dataclass
-class GenConfig:
-    """Decoding settings of the protocol (DSKD's evaluation scripts)."""
+class GenConfig(SamplingConfig):
+    """Decoding settings of the protocol (DSKD's evaluation scripts): the sampling (``SamplingConfig``, its
+    defaults), the generation seeds, and how many records are scored."""
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    no_repeat_ngram_size: int = 6
-    max_prompt_len: int = 256
-    max_new_tokens: int = 256
-    batch_size: int = 32
     seeds: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50])
     max_len: int = 0  # > 0: prompt + new tokens ≤ max_len (per batch: the longest prompt of the batch counts)
     # ``evaluate_model``: sampled ROUGE-L on the first ``limit`` records of a set, bits per byte (cheap: one

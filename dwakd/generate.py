@@ -33,33 +33,31 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 from dwakd.atomic import atomic_write_text
 from dwakd.errors import ConfigError
+from dwakd.sampling import SamplingConfig
 
 EMPTY_POLICIES = ("gold", "drop")
 SOURCES = ("teacher", "gold")
 
 
 @dataclass
-class TeacherGenConfig:
-    """Settings of ``dwakd generate`` (``profiles.<p>.generate`` in config/config.yaml).
+class TeacherGenConfig(SamplingConfig):
+    """Settings of ``dwakd generate`` (``profiles.<p>.generate`` in config/config.yaml): the sampling
+    (``SamplingConfig``: pure sampling, T = 1, top-k 0, top-p 1, the prompt's first 256 tokens as in training,
+    batches of 32) with SeqKD's own defaults below, the seed, the chunks and the empty-sample policy.
 
     Defaults are SeqKD's settings in MiniLLM / DSKD (docs/methods.md "SeqKD").
     """
 
-    seed: int = 10  # MiniLLM / DSKD: seed 10
-    temperature: float = 1.0  # pure sampling: T = 1, top-k 0, top-p 1
-    top_p: float = 1.0
-    top_k: int = 0
     no_repeat_ngram_size: int = 0  # 0 = off (only the evaluation protocol uses 6)
-    max_prompt_len: int = 256  # the prompt's first 256 tokens (as in training)
-    max_len: int = 512  # prompt + response ≤ 512 tokens (the longest prompt of a batch counts)
     max_new_tokens: int = 512  # a further cap on the response length
-    batch_size: int = 32
+    seed: int = 10  # MiniLLM / DSKD: seed 10
+    max_len: int = 512  # prompt + response ≤ 512 tokens (the longest prompt of a batch counts)
     chunk_size: int = 256  # prompts per resumable chunk (chunk k is sampled with seed + k)
     empty: str = "gold"  # an empty generation: "gold" keeps the gold response, "drop" drops the prompt
 
@@ -80,12 +78,11 @@ class TeacherGenConfig:
             raise ConfigError(f"{where}.empty: expected one of {list(EMPTY_POLICIES)}, got {self.empty!r}")
 
     def gen_config(self):
+        """The protocol's ``GenConfig`` that samples with these settings (one seed, ``seed``)."""
         from dwakd.evaluate import GenConfig
 
-        return GenConfig(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                         no_repeat_ngram_size=self.no_repeat_ngram_size, max_prompt_len=self.max_prompt_len,
-                         max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seeds=[self.seed],
-                         max_len=self.max_len)
+        sampling = {f.name: getattr(self, f.name) for f in fields(SamplingConfig)}
+        return GenConfig(**sampling, seeds=[self.seed], max_len=self.max_len)
 
 
 def fingerprint(model_dir: str | os.PathLike, records: list[dict], cfg: TeacherGenConfig) -> str:

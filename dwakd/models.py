@@ -14,7 +14,7 @@ peft (plus the adapter under ``adapter/``). Notes per class: docs/models.md.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from dwakd.errors import ConfigError
 from dwakd.files import DamagedModelError, folder_redo, verify_model_dir
+from dwakd.settings import check_choice
 
 #: the dtypes a model may be loaded / trained in, by their config name
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -96,8 +97,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _out_of_range(settings, name: str, where: str) -> ConfigError:
+    """A value outside its field's range, named with the field's ``metadata["expected"]``: the words a wrong type
+    gets from ``dwakd.settings.from_dict``."""
+    f = next(f for f in dataclasses.fields(settings) if f.name == name)
+    return ConfigError(f"{where}.{name}: expected {f.metadata['expected']}, got {getattr(settings, name)!r}")
 
 
 @dataclass
@@ -110,24 +114,21 @@ class LoraSettings:
     for OPT q/k/v/out_proj, fc1, fc2 (and project_in/out where present). A list names modules explicitly.
     """
 
-    r: int = 256
-    alpha: float = 8.0
-    dropout: float = 0.1
-    target_modules: str | list[str] = "all-linear"
+    r: int = field(default=256, metadata={"expected": "a positive integer (the LoRA rank)"})
+    alpha: float = field(default=8.0, metadata={"expected": "a positive number (lora_alpha)"})
+    dropout: float = field(default=0.1, metadata={"expected": "a number in [0, 1)"})
+    target_modules: str | list[str] = field(default="all-linear", metadata={
+        "expected": "'all-linear' or a non-empty list of module names (e.g. ['q_proj', 'v_proj']; GPT-2: "
+                    "['c_attn'])"})
 
     def validate(self, where: str) -> None:
-        if not _is_int(self.r) or self.r < 1:
-            raise ConfigError(f"{where}.r: expected a positive integer (the LoRA rank), got {self.r!r}")
-        if not _is_number(self.alpha) or self.alpha <= 0:
-            raise ConfigError(f"{where}.alpha: expected a positive number (lora_alpha), got {self.alpha!r}")
-        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{where}.dropout: expected a number in [0, 1), got {self.dropout!r}")
         t = self.target_modules
-        ok = (isinstance(t, str) and t.strip() != "") or (
+        modules = (isinstance(t, str) and t.strip() != "") or (
             isinstance(t, (list, tuple)) and len(t) > 0 and all(isinstance(x, str) and x for x in t))
-        if not ok:
-            raise ConfigError(f"{where}.target_modules: expected 'all-linear' or a non-empty list of module names "
-                              f"(e.g. ['q_proj', 'v_proj']; GPT-2: ['c_attn']), got {t!r}")
+        for name, ok in (("r", self.r >= 1), ("alpha", self.alpha > 0), ("dropout", 0.0 <= self.dropout < 1.0),
+                         ("target_modules", modules)):
+            if not ok:
+                raise _out_of_range(self, name, where)
 
     def peft_config(self):
         from peft import LoraConfig
@@ -139,7 +140,8 @@ class LoraSettings:
 
 @dataclass
 class ModelSettings:
-    """How a model is loaded and set up for training or inference (``profiles.<p>.models.<role>`` style).
+    """How a model is loaded and set up for training or inference: the settings of a pair's model entry
+    (``pairs.<pair>.student``), built by ``dwakd.settings.from_dict`` (``dwakd.run.load_pair_model``).
 
     dtype: the weights' dtype ("float32" | "bfloat16" | "float16"). On CUDA the Trainer also autocasts to
       bf16, so a fully fine-tuned student is best kept in float32 (fp32 master weights, bf16 compute); bf16
@@ -152,65 +154,23 @@ class ModelSettings:
     dtype: str = "float32"
     gradient_checkpointing: bool = False
     lora: LoraSettings | None = None
-    attn_implementation: str | None = None
+    attn_implementation: str | None = field(default=None, metadata={
+        "expected": "a transformers attention implementation name ('eager', 'sdpa', 'flash_attention_2', ...) "
+                    "or null"})
 
     def validate(self, where: str) -> None:
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"{where}.dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise ConfigError(f"{where}.gradient_checkpointing: expected true or false, got "
-                              f"{self.gradient_checkpointing!r}")
+        check_choice(where, "dtype", self.dtype, DTYPES)
         if self.lora is not None:
-            if not isinstance(self.lora, LoraSettings):
-                raise ConfigError(f"{where}.lora: expected LoRA settings (r, alpha, dropout, target_modules) or "
-                                  f"null, got {self.lora!r}")
             self.lora.validate(f"{where}.lora")
-        if self.attn_implementation is not None and (not isinstance(self.attn_implementation, str)
-                                                     or not self.attn_implementation):
-            raise ConfigError(f"{where}.attn_implementation: expected a transformers attention implementation "
-                              f"name ('eager', 'sdpa', 'flash_attention_2', ...) or null, got "
-                              f"{self.attn_implementation!r}")
+        if self.attn_implementation == "":
+            raise _out_of_range(self, "attn_implementation", where)
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
-    @classmethod
-    def from_dict(cls, d: dict | None, where: str) -> ModelSettings:
-        """Build from a YAML mapping (``lora`` a mapping or null); unknown keys and wrong types name the key."""
-        if d is None:
-            d = {}
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where}: expected a mapping of model settings, got {d!r}")
-        d = dict(d)
-        _check_keys(d, cls, where)
-        lora = d.pop("lora", None)
-        if lora is not None and lora is not False:
-            if not isinstance(lora, dict):
-                raise ConfigError(f"{where}.lora: expected a mapping (r, alpha, dropout, target_modules) or null, "
-                                  f"got {lora!r}")
-            _check_keys(lora, LoraSettings, f"{where}.lora")
-            lora = dict(lora)
-            if _is_int(lora.get("alpha")):
-                lora["alpha"] = float(lora["alpha"])
-            if _is_int(lora.get("dropout")):
-                lora["dropout"] = float(lora["dropout"])
-            lora = LoraSettings(**lora)
-        else:
-            lora = None
-        s = cls(**d, lora=lora)
-        s.validate(where)
-        return s
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _check_keys(d: dict, cls: type, where: str) -> None:
-    names = sorted(f.name for f in dataclasses.fields(cls))
-    unknown = sorted(str(k) for k in d if k not in names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {unknown}; {cls.__name__} accepts {names}")
 
 
 def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -326,6 +286,17 @@ def count_parameters(model: torch.nn.Module) -> int:
 def lm_head_weight(model: PreTrainedModel) -> torch.Tensor:
     """[V, d] output projection (its d is ``hidden_dim``)."""
     return model.get_output_embeddings().weight
+
+
+def pad_id(tokenizer, model) -> int:
+    """The pad id to look up where a position has no token (``e(y)`` of a masked target): the tokenizer's, else the
+    model config's, else EOS, else 0."""
+    for src in (tokenizer, getattr(model, "config", None)):
+        for attr in ("pad_token_id", "eos_token_id"):
+            v = getattr(src, attr, None) if src is not None else None
+            if isinstance(v, int):
+                return v
+    return 0
 
 
 def hidden_dim(model: PreTrainedModel) -> int:
@@ -500,11 +471,12 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     return sd
 
 
-def save_trained(model, tokenizer, dest: str | Path) -> Path:
+def save_trained(model, tokenizer, dest: str | Path, state_dict: dict | None = None) -> Path:
     """Write a trained model as a plain ``save_pretrained`` folder ``dest`` that ``load_model`` reads without
     peft, plus ``tokenizer`` (if given). A LoRA student (``PeftModel``) is saved merged (``merged_state_dict``)
-    and its adapter alone goes to ``dest/adapter/`` (``PeftModel.save_pretrained``). The model being trained is
-    left as it was (safe to call mid-training). The saved config has ``use_cache`` on (generation)."""
+    and its adapter alone goes to ``dest/adapter/`` (``PeftModel.save_pretrained``); any other model with
+    ``state_dict`` when given (the full one gathered under FSDP / ZeRO-3), else its own. The model being trained
+    is left as it was (safe to call mid-training). The saved config has ``use_cache`` on (generation)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     base = model.get_base_model() if is_peft_model(model) else model
@@ -515,7 +487,7 @@ def save_trained(model, tokenizer, dest: str | Path) -> Path:
             base.save_pretrained(dest, state_dict=merged_state_dict(model))
             model.save_pretrained(dest / ADAPTER_DIR)
         else:
-            model.save_pretrained(dest)
+            model.save_pretrained(dest, state_dict=state_dict)
     finally:
         base.config.use_cache = use_cache
     if tokenizer is not None:

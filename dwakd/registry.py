@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 
 _REGISTRY: dict[str, type] = {}
 _DISCOVERED = False
@@ -44,6 +45,14 @@ def get_method(name: str) -> type:
     return _REGISTRY[name]
 
 
+def cross_tokenizer_methods() -> list[str]:
+    """The registered methods for a teacher and a student with different vocabularies (``needs_teacher_tokens``:
+    each side reads its own tokenisation), in the order of their papers (the first arXiv id of each citation)."""
+    _discover()
+    cross = [n for n, c in _REGISTRY.items() if c.needs_teacher_tokens]
+    return sorted(cross, key=lambda n: (re.findall(r"arXiv (\d{4}\.\d{4,5})", _REGISTRY[n].citation) or ["~"])[0])
+
+
 def merge_term_labels(per_method: dict[str, dict[str, str]]) -> dict[str, str]:
     """Method name → its loss-term labels, merged into term → label: a term that methods label differently gets
     their labels joined with " / ", in method-name order (one curve panel shows the term of every method)."""
@@ -63,13 +72,16 @@ def term_labels(names: list[str] | None = None) -> dict[str, str]:
 
 
 def specs() -> dict[str, dict]:
-    """What the torch-free checks of config/config.yaml read (``dwakd.config.method_specs``): each registered
-    method's Config dataclass (``config``: its name; ``options``: ``dwakd.config.option_fields``), its training
-    data and its loss-term labels."""
-    from dwakd.config import option_fields
+    """What the torch-free readers of config/config.yaml (the dry run, the workflow, ``dwakd figures``) know of
+    the methods (``dwakd.config.method_specs``): each registered method's Config dataclass (``config``: its name;
+    ``options``: ``dwakd.settings.option_fields``), its capabilities (``Method.CAPABILITIES``: its training data,
+    whether it needs a vocabulary map, whether it has a cross-model attention) and its loss-term labels."""
+    from dwakd.methods.base import Method
+    from dwakd.settings import option_fields
 
     _discover()
-    return {n: {"config": c.Config.__name__, "options": option_fields(c.Config), "train_data": c.train_data,
+    return {n: {"config": c.Config.__name__, "options": option_fields(c.Config),
+                **{k: getattr(c, k) for k in Method.CAPABILITIES},
                 "term_labels": dict(getattr(c, "term_labels", {}))} for n, c in sorted(_REGISTRY.items())}
 
 

@@ -4,7 +4,8 @@ AdamW (a separate learning rate for the method's own parts, e.g. projectors), co
 gradient clipping, gradient accumulation, per-token loss normalisation over the accumulated batch, bf16
 autocast on GPU, a JSONL log per optimiser step, a checkpoint after every epoch (and every
 ``save_every_steps``), dev-set selection of the best epoch, and ``resume`` that continues a killed run with
-the same result as an uninterrupted one.
+the same result as an uninterrupted one. The batches come from ``dwakd.data`` (``encode_records``,
+``epoch_order``, ``collate``), the run's files and their resume from ``dwakd.checkpoint``.
 
 One process, or N under ``accelerate launch`` (DDP; FSDP and DeepSpeed configurations are provided but
 untested): the result does not depend on N (``Trainer``'s docstring says how; config/accelerate/README.md
@@ -15,17 +16,12 @@ norm stops every process at the same step and keeps the last complete checkpoint
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
-import os
 import random
 import resource
-import shutil
-import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,13 +29,15 @@ from torch import nn
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from dwakd.atomic import atomic_dir, atomic_write_json, atomic_write_text, replace_dir, tmp_path
-from dwakd.data import encode_sample
-from dwakd.errors import DataError
+from dwakd.atomic import atomic_dir
+from dwakd.checkpoint import (Checkpoints, TrainLog, checkpoint_folder, is_sharded, rng_state, save_method_state,
+                              select_epoch, set_rng_state, write_selection)
+from dwakd.data import collate, encode_records, epoch_order, pack_blocks, response_length
+from dwakd.errors import ConfigError
 from dwakd.files import write_checksums
 from dwakd.losses.divergences import response_positions
-from dwakd.methods.base import ConfigError, Method
-from dwakd.models import check_position_limits, forward, is_peft_model, save_trained
+from dwakd.methods.base import Method
+from dwakd.models import check_position_limits, forward, save_trained
 
 
 @dataclass
@@ -76,71 +74,7 @@ class TrainConfig:
                 raise ConfigError(f"{where}.{k}: expected a positive integer, got {getattr(self, k)}")
 
 
-# ----------------------------------------------------------------------------------------- data
-
-
-def encode_records(records: list[dict], tokenizer, cfg: TrainConfig) -> list[dict]:
-    """Tokenise every record (first reference as the target)."""
-    out = []
-    for i, r in enumerate(records):
-        e = encode_sample(tokenizer, r["prompt"], r["output"][0], cfg.max_prompt_len, cfg.max_len)
-        labels = e.input_ids if cfg.train_on_prompt else e.labels
-        out.append({"index": i, "input_ids": e.input_ids, "labels": list(labels)})
-    return out
-
-
-def pack_blocks(encoded: list[dict], block: int) -> list[dict]:
-    """Concatenate samples into full blocks of ``block`` tokens (pre-training); the tail is dropped."""
-    ids = [t for e in encoded for t in e["input_ids"]]
-    labels = [t for e in encoded for t in e["labels"]]
-    return [{"index": k, "input_ids": ids[s:s + block], "labels": labels[s:s + block]}
-            for k, s in enumerate(range(0, len(ids) - block + 1, block))]
-
-
-def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest item: input_ids / labels (-100) / attention_mask, each [B, L]."""
-    L = max(len(x["input_ids"]) for x in items)
-    ids = torch.full((len(items), L), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), L), -100, dtype=torch.long)
-    mask = torch.zeros((len(items), L), dtype=torch.long)
-    for b, x in enumerate(items):
-        n = len(x["input_ids"])
-        ids[b, :n] = torch.tensor(x["input_ids"])
-        labels[b, :n] = torch.tensor(x["labels"])
-        mask[b, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None, batch: int = 1,
-                window: int = 50) -> list[int]:
-    """The sample order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same.
-
-    With ``lengths`` (``group_by_length``), consecutive runs of ``batch`` samples (one optimiser step) have
-    similar lengths, as in Hugging Face's ``LengthGroupedSampler``: a random permutation is cut into windows
-    of ``window × batch`` samples, each window is sorted by length, cut into batches, and the order of the
-    batches is shuffled. Every sample is still seen once per epoch; only which samples share a batch
-    changes, and with it the padding (the mini profile's 720 samples, batches of 16: 2.41× the real tokens
-    in random batches, 1.03× grouped; docs/experiments.md E6)."""
-    g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.randperm(n, generator=g).tolist()
-    if lengths is None:
-        return order
-    size = max(1, window * batch)
-    grouped = [sorted(order[i:i + size], key=lambda k: -lengths[k]) for i in range(0, n, size)]
-    batches = [w[i:i + batch] for w in grouped for i in range(0, len(w), batch)]
-    # a short last batch stays last: the trainer cuts the order at multiples of ``batch``
-    full = len(batches) - (len(batches[-1]) < batch if batches else 0)
-    return [k for j in torch.randperm(full, generator=g).tolist() for k in batches[j]] + \
-        [k for b in batches[full:] for k in b]
-
-
 # ------------------------------------------------------------------------------------ helpers
-
-
-def response_tokens(item: dict) -> int:
-    """The tokens of ``item`` its loss is summed over (the labels after the first position that are not -100):
-    what ``collate``'s ``labels[:, 1:] != -100`` counts for it in any batch."""
-    return sum(1 for t in item["labels"][1:] if t != -100)
 
 
 def micro_seed(seed: int, epoch: int, micro: int) -> int:
@@ -153,45 +87,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-FAULT_ENV = "DWAKD_TEST_FAULT"
-
-
-def _fault(point: str, step: int, partial: Path | None = None) -> None:
-    """Fault injection for tests/test_robustness.py; does nothing unless ``DWAKD_TEST_FAULT`` is set.
-
-    ``DWAKD_TEST_FAULT=<point>@<step>`` SIGKILLs this process when it reaches ``point`` ("checkpoint": inside
-    the checkpoint writer, ``state.pt`` half written in the temporary folder; "model": inside ``save_model``,
-    the student half written in the temporary folder; "step": right after the step's log line) at optimiser
-    step ``step``; ``partial`` is the file that is cut to half its size first. ``sleep@<seconds>`` sleeps
-    after every step's log line (so that a test can kill the run from outside at a moment of its choosing)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    what, _, arg = spec.partition("@")
-    if what == "sleep":
-        if point == "step":
-            time.sleep(float(arg))
-        return
-    if what == point and int(arg) == step:
-        if partial is not None and partial.exists():
-            os.truncate(partial, partial.stat().st_size // 2)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class TrainStep(nn.Module):
@@ -239,11 +134,11 @@ def make_accelerator():
 class Trainer:
     """Trains ``student`` with ``method`` (and a frozen ``teacher`` if the method needs one).
 
-    Files under ``out_dir`` (written by the main process only, each atomically: ``dwakd.atomic``):
-    ``train_log.jsonl`` (one line per optimiser step and per evaluation; appended, and cut back to the
-    checkpoint's line count on resume), ``checkpoints/<fingerprint>/step-N/`` (+ ``latest``, naming the last
-    complete one), ``model/`` (the selected student with its tokenizer, and ``method_state.pt``, the method's own
-    parameters at that point, when it has any: ``load_method_state``), ``selection.json``.
+    Files under ``out_dir`` (written by the main process only, each atomically; ``dwakd.checkpoint``):
+    ``train_log.jsonl`` (one line per optimiser step and per evaluation; cut back to the checkpoint's line count
+    on resume), ``checkpoints/<fingerprint>/step-N/`` (+ ``latest``, naming the last complete one), ``model/``
+    (the selected student with its tokenizer, and ``method_state.pt``, the method's own parameters at that point,
+    when it has any: ``dwakd.checkpoint.load_method_state``), ``selection.json``.
 
     **Processes.** ``fit`` runs unchanged as one process and under ``accelerate launch --num_processes N``
     (``torchrun``), with the same result up to floating-point summation order:
@@ -278,20 +173,19 @@ class Trainer:
         self.device = next(student.parameters()).device
         self.amp = self.device.type == "cuda"
         self.acc = None  # the Accelerator, made by ``fit``
-        self._step = self._log_lines = 0  # the optimiser steps taken, the lines in the log (process 0)
-        # checkpoints of a run live under a fingerprint of its settings: a changed config never resumes
-        # from a stale checkpoint, and the older checkpoints are left where they are
-        fp = json.dumps({"method": method.name, "method_cfg": asdict(method.cfg) if is_dataclass(method.cfg) else {},
-                         "train": asdict(cfg)}, sort_keys=True, default=str)
-        self.ckpt_dir = self.out / "checkpoints" / hashlib.sha256(fp.encode()).hexdigest()[:12]
+        self.checkpoints: Checkpoints | None = None  # made by ``fit`` (``_prepare``)
+        self.log: TrainLog | None = None  # opened by ``fit`` (``_start``)
 
     # -- data ---------------------------------------------------------------------------------
     def make_items(self, records: list[dict]) -> list[dict]:
-        items = encode_records(records, self.stok, self.cfg)
-        if self.cfg.pack:
-            return pack_blocks(items, self.cfg.max_len)
+        """The encoded records (``dwakd.data.encode_records``; packed into blocks for pre-training), each with its
+        teacher tokenisation and token alignment when the method reads them."""
+        cfg = self.cfg
+        items = encode_records(records, self.stok, cfg.max_prompt_len, cfg.max_len, cfg.train_on_prompt)
+        if cfg.pack:
+            return pack_blocks(items, cfg.max_len)
         if self.method.needs_teacher_tokens:
-            t_items = encode_records(records, self.ttok, self.cfg)
+            t_items = encode_records(records, self.ttok, cfg.max_prompt_len, cfg.max_len, cfg.train_on_prompt)
             pairs = getattr(self.method, "token_pairs", None)  # token-only alignments: once, with the data
             for s, t in zip(items, t_items):
                 s["teacher"] = t
@@ -343,9 +237,7 @@ class Trainer:
 
     def _sharded(self) -> bool:
         """FSDP or DeepSpeed: the student and its optimiser state are split over the processes."""
-        from accelerate.utils import DistributedType
-
-        return self.acc is not None and self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        return self.acc is not None and is_sharded(self.acc)
 
     def _full_state_dicts(self) -> tuple[dict | None, dict]:
         """``(student, method)`` state dicts to save: the modules' own ones, or under FSDP/DeepSpeed the full
@@ -360,76 +252,18 @@ class Trainer:
                     d[k[len(prefix):]] = v
         return split["student."], split["method."]
 
-    # -- checkpoints --------------------------------------------------------------------------
-    def save_checkpoint(self, state: dict) -> None:
-        """``checkpoints/<fp>/step-N/state.pt`` written in a temporary folder and renamed into place, then
-        ``latest`` (atomically) names it; only then the older checkpoints are removed. A run killed at any
-        moment leaves ``latest`` naming a complete checkpoint (or no ``latest``)."""
-        ck = self.ckpt_dir
-        name = f"step-{state['step']}"
-        saved = {**state, "log_lines": self._log_lines}
-        if self._sharded():  # every process writes its shard (accelerate's format) into the temporary folder
-            tmp = tmp_path(ck / name)
-            if self.is_main:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-            self.barrier()
-            self.acc.save_state(str(tmp / "accelerate"))
-            self.barrier()
-            if self.is_main:
-                torch.save({"scheduler": self.sched.state_dict(), "state": saved}, tmp / "state.pt")
-                replace_dir(tmp, ck / name)
-        elif self.is_main:
-            with atomic_dir(ck / name) as tmp:
-                torch.save({"student": self.student.state_dict(), "method": self.method.state_dict(),
-                            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                            "rng": _rng_state(), "state": saved}, tmp / "state.pt")
-                _fault("checkpoint", state["step"], tmp / "state.pt")
-        if self.is_main:
-            atomic_write_text(ck / "latest", name)
-            for old in ck.glob("step-*"):  # ``latest`` names a complete checkpoint, so the older ones can go
-                if old.name != name:
-                    shutil.rmtree(old, ignore_errors=True)
-        self.barrier()
-
-    def load_checkpoint(self) -> dict | None:
-        """The state of the checkpoint ``latest`` names (every process loads it), or None."""
-        latest = self.ckpt_dir / "latest"
-        if not latest.exists():
-            return None
-        folder = self.ckpt_dir / latest.read_text().strip()
-        try:
-            ck = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 (a damaged checkpoint: name it and what to do)
-            raise DataError(f"{folder / 'state.pt'}: unreadable checkpoint ({type(e).__name__}); remove "
-                            f"{self.ckpt_dir} to train the run from the start") from None
-        if self._sharded():
-            self.acc.load_state(str(folder / "accelerate"))
-        else:
-            self.student.load_state_dict(ck["student"])
-            self.method.load_state_dict(ck["method"])
-            self.opt.load_state_dict(ck["optimizer"])
-            _set_rng_state(ck["rng"])
-        self.sched.load_state_dict(ck["scheduler"])
-        return ck["state"]
-
+    # -- the selected model ------------------------------------------------------------------
     def save_model(self, dest: Path) -> None:
-        """The student with its tokenizer and, when the method has parameters of its own (projectors, a
-        discriminator), ``METHOD_STATE`` (``load_method_state`` reads it), written together into ``dest``
-        (a temporary folder swapped into place). Called on every process; process 0 writes."""
+        """The student with its tokenizer (``dwakd.models.save_trained``) and, when the method has parameters of its
+        own (projectors, a discriminator), ``METHOD_STATE`` (``dwakd.checkpoint.load_method_state`` reads it),
+        written together into ``dest`` (a temporary folder swapped into place). Called on every process; process 0
+        writes."""
         student_sd, method_sd = self._full_state_dicts()
         if self.is_main:
             with atomic_dir(dest) as tmp:
-                if is_peft_model(self.student):  # merged into a plain folder, the adapter in adapter/
-                    save_trained(self.student, self.stok, tmp)
-                else:  # full state dict (gathered under FSDP / ZeRO-3); KV cache on for generation
-                    use_cache, self.student.config.use_cache = self.student.config.use_cache, True
-                    self.student.save_pretrained(tmp, state_dict=student_sd)
-                    self.student.config.use_cache = use_cache
-                    self.stok.save_pretrained(tmp)
+                save_trained(self.student, self.stok, tmp, state_dict=student_sd)  # LoRA: merged, adapter/ beside
                 save_method_state(self.method, tmp, method_sd)
                 write_checksums(tmp)  # verified on load (dwakd.files): a damaged model is named, not loaded
-                _fault("model", self._step, next(iter(tmp.glob("*.safetensors")), None))
         self.barrier()
 
     # -- the loop -----------------------------------------------------------------------------
@@ -461,92 +295,112 @@ class Trainer:
         # the caller put the models on their devices (cmd_train: this process's device); DeepSpeed places them
         placement = None if acc.distributed_type == DistributedType.DEEPSPEED else [False, False]
         self.model, self.opt = acc.prepare(TrainStep(self), opt, device_placement=placement)
+        self.checkpoints = Checkpoints(checkpoint_folder(self.out, self.method, cfg), acc, self.student, self.method,
+                                       self.opt, self.sched)
 
     def fit(self, train_records: list[dict], resume: bool = False) -> dict:
+        """Train on ``train_records`` from the start, or (``resume``) from the run's last checkpoint; returns the
+        run's state (steps, epochs, the selection)."""
         cfg = self.cfg
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        check_position_limits(cfg.max_len, {"student": self.student, "teacher": self.teacher})
-        items = self.make_items(train_records)
-        n_resp = [response_tokens(x) for x in items]
-        # padded width of a sample: its own tokens plus, for methods that read the teacher's, those too
-        lengths = [len(x["input_ids"]) + len(x.get("teacher", {}).get("input_ids", ())) for x in items]
-        n_micro = math.ceil(len(items) / cfg.batch_size)
-        steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)
-        total = steps_per_epoch * cfg.epochs
-        if cfg.max_steps:
-            total = min(total, cfg.max_steps)
+        items = self._seeded_items(train_records)
+        n_resp = [response_length(x) for x in items]
+        total = self.total_steps(len(items))
         self._prepare(total)
-        acc = self.acc
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        log_path = self.out / "train_log.jsonl"
-        state = {"step": 0, "epoch": 0, "micro": 0, "best": None, "best_epoch": None, "history": []}
-        if resume:
-            loaded = self.load_checkpoint()
-            if loaded is not None:
-                state = loaded
-        elif (self.ckpt_dir / "latest").exists():
-            raise FileExistsError(f"{self.ckpt_dir}: holds checkpoints of an interrupted run; pass --resume to "
-                                  f"continue it, or remove the folder to start again")
-        self._step = state["step"]
-        log = self._open_log(log_path, state)
-
-        self.student.train()
-        self.method.train()
-        if self.teacher is not None:
-            self.teacher.eval()
+        state = self._start(resume)
         bar = tqdm(total=total, initial=state["step"], disable=not (cfg.progress and self.is_main), file=sys.stderr,
                    mininterval=5, desc=f"train {self.method.name}")
-        done = state["step"] >= total
-        while not done and state["epoch"] < cfg.epochs:
-            order = epoch_order(len(items), cfg.seed, state["epoch"], lengths if cfg.group_by_length else None,
-                                cfg.batch_size * cfg.grad_accum)
-            micro_batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-            while state["micro"] < len(micro_batches):
+        while state["step"] < total and state["epoch"] < cfg.epochs:
+            micro_batches = self.micro_batches(items, state["epoch"])
+            while state["micro"] < len(micro_batches) and state["step"] < total:
                 t0 = time.perf_counter()
-                group = micro_batches[state["micro"]:state["micro"] + cfg.grad_accum]
+                group = micro_batches[state["micro"]:state["micro"] + cfg.grad_accum]  # one optimiser step
                 n_tok = sum(n_resp[i] for mb in group for i in mb)  # the whole global step's response tokens
                 self.method.on_step(state["step"] / max(total, 1))
-                loss_total, terms = self.accumulate(items, group, state, max(n_tok, 1))
-                params = [p for g in self.opt.param_groups for p in g["params"]]
-                gnorm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                gnorm = float("nan") if gnorm is None else float(gnorm)
+                loss, terms = self.accumulate(items, group, state, max(n_tok, 1))
+                gnorm = self._clip_gradients()
                 if not math.isfinite(gnorm):
-                    self._stop(f"non-finite gradient norm {gnorm} (loss {loss_total})", state, terms, items, group)
+                    self._stop(f"non-finite gradient norm {gnorm} (loss {loss})", state, terms, items, group)
                 lr = self.sched.get_last_lr()[0]
                 self.opt.step()
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
                 state["step"] += 1
                 state["micro"] += len(group)
-                self._step = state["step"]
-                dt = time.perf_counter() - t0
-                n_in = sum(len(items[i]["input_ids"]) for mb in group for i in mb)
-                self._log(log, {"step": state["step"], "epoch": state["epoch"], "loss": loss_total, **terms, "lr": lr,
-                                "grad_norm": gnorm, "tokens": n_tok, "step_time_s": dt, "tokens_per_s": n_in / dt,
-                                "peak_mem_mb": peak_memory_mb(self.device)})
-                _fault("step", state["step"])
+                self.log.write({"step": state["step"], "epoch": state["epoch"], "loss": loss, **terms, "lr": lr,
+                                "grad_norm": gnorm, "tokens": n_tok, **self._speed(t0, items, group)})
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_total:.3f}")
-                if state["step"] >= total:
-                    done = True
-                    break
-                if cfg.save_every_steps and state["step"] % cfg.save_every_steps == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+                if cfg.save_every_steps and state["step"] % cfg.save_every_steps == 0 and state["step"] < total:
                     self.save_checkpoint(state)
-            if state["micro"] >= len(micro_batches) or done:
-                self.end_epoch(state, log)
+            self.end_epoch(state)
         bar.close()
-        if log is not None:
-            log.close()
-        # a finished run is not resumed: its checkpoints have served their purpose
-        self.barrier()
-        if self.is_main:
-            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-        self.barrier()
+        self.log.close()
+        self.checkpoints.remove()
         return state
+
+    # -- the loop's parts ---------------------------------------------------------------------
+    def _seeded_items(self, records: list[dict]) -> list[dict]:
+        """Threads and seeds set, the position limits checked, the records encoded (``make_items``)."""
+        cfg = self.cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        check_position_limits(cfg.max_len, {"student": self.student, "teacher": self.teacher})
+        return self.make_items(records)
+
+    def total_steps(self, n_items: int) -> int:
+        """Optimiser steps of the run: ``grad_accum`` micro-batches of ``batch_size`` items per step (the last of an
+        epoch may be short), ``epochs`` epochs, at most ``max_steps`` (> 0)."""
+        cfg = self.cfg
+        total = math.ceil(math.ceil(n_items / cfg.batch_size) / cfg.grad_accum) * cfg.epochs
+        return min(total, cfg.max_steps) if cfg.max_steps else total
+
+    def micro_batches(self, items: list[dict], epoch: int) -> list[list[int]]:
+        """Epoch ``epoch``'s micro-batches (item numbers): ``epoch_order`` cut into runs of ``batch_size``; with
+        ``group_by_length``, of similar padded widths (a sample's own tokens plus, for methods that read the
+        teacher's, those too)."""
+        cfg = self.cfg
+        lengths = ([len(x["input_ids"]) + len(x.get("teacher", {}).get("input_ids", ())) for x in items]
+                   if cfg.group_by_length else None)
+        order = epoch_order(len(items), cfg.seed, epoch, lengths, cfg.batch_size * cfg.grad_accum)
+        return [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+
+    def _start(self, resume: bool) -> dict:
+        """The run's state: a fresh one, or (``resume``) the last checkpoint's, whose modules, optimiser and RNG
+        are restored; the log opened (cut back to the checkpoint's lines); the modules in their modes."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {"step": 0, "epoch": 0, "micro": 0, "best": None, "best_epoch": None, "history": []}
+        if resume:
+            loaded = self.checkpoints.load()
+            if loaded is not None:
+                state = loaded
+        elif self.checkpoints.latest() is not None:
+            raise FileExistsError(f"{self.checkpoints.folder}: holds checkpoints of an interrupted run; pass --resume "
+                                  f"to continue it, or remove the folder to start again")
+        self.log = TrainLog(self.out / "train_log.jsonl", state, self.is_main)
+        self.student.train()
+        self.method.train()
+        if self.teacher is not None:
+            self.teacher.eval()
+        return state
+
+    def _clip_gradients(self) -> float:
+        """Clip the synchronised gradient to ``max_grad_norm``; its norm before clipping (nan if none)."""
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        gnorm = self.acc.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        return float("nan") if gnorm is None else float(gnorm)
+
+    def _speed(self, t0: float, items: list[dict], group: list[list[int]]) -> dict[str, float]:
+        """The step's time since ``t0``, its input tokens per second and the peak memory so far (the log's
+        timing columns)."""
+        dt = time.perf_counter() - t0
+        n_in = sum(len(items[i]["input_ids"]) for mb in group for i in mb)
+        return {"step_time_s": dt, "tokens_per_s": n_in / dt, "peak_mem_mb": peak_memory_mb(self.device)}
+
+    def save_checkpoint(self, state: dict) -> None:
+        """A checkpoint of ``state`` with the log's line count (``Checkpoints.save``)."""
+        self.checkpoints.save({**state, "log_lines": self.log.lines})
 
     def accumulate(self, items: list[dict], group: list[list[int]], state: dict, denom: int
                    ) -> tuple[float, dict[str, float]]:
@@ -576,55 +430,27 @@ class Trainer:
         return loss_total, terms
 
     def _stop(self, what: str, state: dict, terms: dict, items: list[dict], group: list[list[int]]) -> None:
-        latest = self.ckpt_dir / "latest"
-        kept = (f"the last good checkpoint, {self.ckpt_dir / latest.read_text().strip()}, is kept: rerun with "
-                f"--resume to continue from it" if latest.exists() else "no checkpoint was written yet")
+        latest = self.checkpoints.latest()
+        kept = (f"the last good checkpoint, {latest}, is kept: rerun with --resume to continue from it"
+                if latest is not None else "no checkpoint was written yet")
         raise FloatingPointError(f"{what} at step {state['step'] + 1} (terms {terms}, batch ids "
                                  f"{[int(items[i]['index']) for mb in group for i in mb]}); {kept}")
 
-    # -- the log ------------------------------------------------------------------------------
-    def _open_log(self, log_path: Path, state: dict):
-        """Process 0: the log cut back to the lines the restored checkpoint had seen (all of a fresh run's
-        are dropped), then opened for appending. Other processes: None."""
-        if not self.is_main:
-            self._log_lines = 0
-            return None
-        kept = []
-        if log_path.exists() and state["step"] > 0:
-            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-            if "log_lines" in state:
-                kept = lines[:state["log_lines"]]
-            else:  # a checkpoint written before ``log_lines``: the lines up to its step
-                kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= state["step"]]
-        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
-        self._log_lines = len(kept)
-        return open(log_path, "a")
-
-    def _log(self, log, rec: dict) -> None:
-        if log is not None:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            self._log_lines += 1
-
-    def end_epoch(self, state: dict, log) -> None:
+    def end_epoch(self, state: dict) -> None:
         """Score the epoch on dev, keep the best model, checkpoint, advance the epoch counter."""
-        rng = _rng_state()  # dev sampling must not move the training RNG
+        rng = rng_state()  # dev sampling must not move the training RNG
         score = self.dev_scorer(self.student) if (self.dev_scorer and self.cfg.select_by != "last") else None
-        _set_rng_state(rng)
+        set_rng_state(rng)
         self.student.train()
-        entry = {"step": state["step"], "epoch": state["epoch"], "dev_" + self.cfg.select_by: score}
-        self._log(log, entry)
-        state["history"].append(entry)
-        if score is None or state["best"] is None or score > state["best"]:
-            state["best"], state["best_epoch"] = score, state["epoch"]
+        entry, best = select_epoch(state, score, self.cfg.select_by)
+        self.log.write(entry)
+        if best:
             self.save_model(self.out / "model")
         state["epoch"] += 1
         state["micro"] = 0
         self.save_checkpoint(state)
         if self.is_main:
-            atomic_write_json(self.out / "selection.json", {"select_by": self.cfg.select_by,
-                                                            "best_epoch": state["best_epoch"], "best": state["best"],
-                                                            "history": state["history"]})
+            write_selection(self.out, state, self.cfg.select_by)
         self.barrier()
 
 
@@ -671,46 +497,3 @@ def make_dev_scorer(dev: list[dict], tokenizer, tcfg: TrainConfig):
         return total / len(dev)
 
     return score
-
-
-def train_config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
-
-
-# ------------------------------------------------------------------------------ method state
-
-
-METHOD_STATE = "method_state.pt"  # in a saved model folder: the method's own trained parameters
-
-
-def save_method_state(method: Method, model_dir: Path, state: dict | None = None) -> Path | None:
-    """Write ``model_dir/METHOD_STATE`` (method name, config, ``state_dict`` — or ``state``, e.g. gathered from
-    the processes) if the method has any state; the file holds tensors, strings and numbers only, so it loads
-    with ``torch.load(weights_only=True)``."""
-    state = method.state_dict() if state is None else state
-    if not state:
-        return None
-    cfg = asdict(method.cfg) if is_dataclass(method.cfg) else {}
-    path = Path(model_dir) / METHOD_STATE
-    torch.save({"method": method.name, "config": json.loads(json.dumps(cfg, default=str)),
-                "state": {k: v.detach().cpu() for k, v in state.items()}}, path)
-    return path
-
-
-def load_method_state(method: Method, model_dir: Path) -> bool:
-    """Load the trained parameters ``Trainer.save_model`` stored with a student into ``method`` (built with
-    the run's config on that student and the teacher). Returns False for a method without state; raises
-    ``FileNotFoundError`` if the method has state but the folder has none (a model saved before the method's
-    state was saved, or by another method), ``ValueError`` if the file belongs to another method."""
-    path = Path(model_dir) / METHOD_STATE
-    if not method.state_dict():
-        return False
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; method {method.name!r} has trained parameters that "
-                                f"`dwakd train` saves with the student — this model was saved without them "
-                                f"(by an older version): retrain the run")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("method") != method.name:
-        raise ValueError(f"{path}: holds the state of method {saved.get('method')!r}, not {method.name!r}")
-    method.load_state_dict(saved["state"])
-    return True

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # dwakd figures from the result tables
 #
-# Every figure of `<results_dir>/figures/` redrawn from the tables folder's CSV files only, with the same
+# Every figure of `<results_dir>/<pair>/figures/` redrawn from the tables folder's CSV files only, with the same
 # plotting functions the workflow's `figures` rule calls (`dwakd.figures`). Run the suite first
 # (`snakemake --cores all`), then open this file with Jupyter (jupytext) or run it as a script.
 #
@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 
 # the tables folder: DWAKD_TABLES overrides the default (the mini profile's results, from notebooks/)
-TABLES = Path(os.environ.get("DWAKD_TABLES", "../results/tables"))
+TABLES = Path(os.environ.get("DWAKD_TABLES", "../results/mini/tables"))
 # where to save the figures as well (PNG + PDF); None: only show them
 SAVE_TO = os.environ.get("DWAKD_FIGURES") or None
 

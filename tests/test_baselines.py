@@ -14,9 +14,9 @@ from baselines.uld import uld_pairs
 from dwakd.align.cma import CrossModelAttention, index_embeddings, masked_softmax, next_token_targets, scale_norm
 from dwakd.align.projection import pinv_t2s_init, s2t_matrix, shared_vocab, teacher_head_pinv
 from dwakd.errors import ConfigError
-from dwakd.methods.base import build_config
 from dwakd.models import LMOutput, forward, load_model, load_tokenizer
 from dwakd.registry import available, get_method
+from dwakd.settings import from_dict
 from dwakd.train import TrainConfig, Trainer
 
 CROSS = [n for n in available() if get_method(n).needs_teacher_tokens]
@@ -28,7 +28,7 @@ SHORT = (9, 12, 33, 56)
 
 def _cfg(name: str, **over):
     cls = get_method(name)
-    return build_config(cls.Config, over, name)
+    return from_dict(cls.Config, over, name)
 
 
 def _models(pair: Path, same_vocab: bool = False):

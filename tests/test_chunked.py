@@ -23,10 +23,10 @@ from dwakd.losses.divergences import (
     token_ce,
 )
 from dwakd.losses.softdtw import cosine_cost
-from dwakd.methods.base import build_config
 from dwakd.methods.dwakd import entropy
 from dwakd.models import LMOutput, check_position_limits, forward, load_model, load_tokenizer
 from dwakd.registry import get_method
+from dwakd.settings import from_dict
 from dwakd.train import TrainConfig, Trainer
 
 D = torch.float64
@@ -188,7 +188,7 @@ def test_rowwise_recomputes_under_the_forward_autocast_state():
 
 
 def _cfg(name):
-    return build_config(get_method(name).Config, {}, name)
+    return from_dict(get_method(name).Config, {}, name)
 
 
 def _counting(monkeypatch):

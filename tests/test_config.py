@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import yaml
 
@@ -18,9 +20,9 @@ def test_default_config_is_valid():
     ({"profiles": {"mini": {"train": {"lr": "fast"}}}}, r"profiles\.mini\.train\.lr: expected a number, got 'fast'"),
     ({"profiles": {"mini": {"eval": {"seeds": []}}}},
      r"profiles\.mini\.eval\.seeds: expected at least 1 item\(s\), got \[\]"),
-    ({"typo_key": 1}, r"^--set typo_key=1: typo_key: unknown key; expected one of: datasets, methods, "),
+    ({"typo_key": 1}, r"^--set typo_key=1: typo_key: unknown key; expected one of: datasets, defaults, "),
     ({"profile": "nope"}, r"^--set profile=nope: profile: unknown profile 'nope' \(defined: gpu-small, mini, "),
-    ({"profiles": {"mini": {"main_table": ["sft", "ghost"]}}}, r"main_table: 'ghost' is not in methods"),
+    ({"profiles": {"mini": {"main_table": ["sft", "ghost"]}}}, r"main_table: 'ghost' is not in runs"),
     ({"profiles": {"mini": {"ablation_table": ["ghost"]}}}, r"profiles\.mini\.ablation_table: 'ghost' is not in"),
     ({"profiles": {"mini": {"eval": {"sets": ["dolly", "mmlu"]}}}}, r"eval\.sets: 'mmlu' is not in datasets"),
     ({"profiles": {"tiny": {"generate": {"temprature": 1.0}}}}, r"profiles\.tiny\.generate\.temprature: unknown key"),
@@ -29,7 +31,7 @@ def test_default_config_is_valid():
     ({"profiles": {"mini": {"generate": {"top_k": -1}}}},
      r"profiles\.mini\.generate\.top_k: expected a value >= 0, got -1"),
     ({"profiles": {"mini": {"figures": {"runs": ["ghost"]}}}}, r"profiles\.mini\.figures\.runs: 'ghost' is not in"),
-    ({"report": {"baselines": ["ghost"]}}, r"report\.baselines: 'ghost' is not in methods"),
+    ({"report": {"baselines": ["ghost"]}}, r"report\.baselines: 'ghost' is not in runs"),
 ])
 def test_bad_config_names_the_key(over, message):
     with pytest.raises(ConfigError, match=message):
@@ -48,6 +50,22 @@ def test_config_files_merge_and_set_overrides(tmp_path):
         C.load([tmp_path / "missing.yaml"])
 
 
+def test_a_profile_overrides_the_defaults_key_by_key():
+    """`defaults` holds what every profile runs unless it says otherwise: the profile's keys win, a mapping is
+    merged key by key, a list replaces the default's; a key that neither gives is missing."""
+    cfg = C.load(overrides={"defaults": {"figures": {"max_tokens": 30}}})
+    mini = C.profile(cfg)
+    assert "main_table" not in cfg["profiles"]["mini"] and mini["main_table"] == cfg["defaults"]["main_table"]
+    assert mini["figures"]["probe_samples"] == 50 and mini["figures"]["max_tokens"] == 30  # mini's, the default's
+    assert mini["train"]["max_len"] == 512 and mini["train"]["select_by"] == "last"
+    paper = C.profile({**cfg, "profile": "paper"})
+    assert paper["eval"]["sets"] == ["dolly", "selfinst", "vicuna", "sni", "unni"] and "seeds" in paper["eval"]
+    bare = copy.deepcopy(cfg)
+    del bare["defaults"]["main_table"]
+    with pytest.raises(ConfigError, match=r"^profiles\.gpu-small\.main_table: missing \(a required key\)$"):
+        C.validate(bare)
+
+
 def test_registry_lists_available_methods_in_its_error():
     assert "sft" in available()
     with pytest.raises(KeyError, match="unknown method 'nope'; available methods: .*sft"):
@@ -56,30 +74,29 @@ def test_registry_lists_available_methods_in_its_error():
 
 def test_every_profile_generate_section_builds():
     from dwakd.generate import TeacherGenConfig
-    from dwakd.methods.base import build_config
+    from dwakd.settings import from_dict
 
     cfg = C.load()
-    for name, prof in cfg["profiles"].items():
-        build_config(TeacherGenConfig, prof.get("generate"), f"profiles.{name}.generate")
+    for name in cfg["profiles"]:
+        from_dict(TeacherGenConfig, C.profile({**cfg, "profile": name}).get("generate"), f"profiles.{name}.generate")
 
 
-RUNS = list(C.load()["methods"])  # the configured runs: the tests over them carry the run's name in their ids
+RUNS = list(C.load()["runs"])  # the configured runs: the tests over them carry the run's name in their ids
 
 
 @pytest.mark.parametrize("run", RUNS, ids=RUNS)
 def test_every_configured_run_builds(run):
-    from dwakd.cli import build_run
+    from dwakd.run import build_run
 
     cfg = C.load()
-    cls, mcfg, tcfg = build_run(cfg, run)
-    assert cls.name == cfg["methods"][run]["method"]
+    assert build_run(cfg, run).method.name == cfg["runs"][run]["method"]
 
 
 def test_run_with_unknown_method_option_is_an_error():
-    from dwakd.cli import build_run
+    from dwakd.run import build_run
 
-    cfg = C.load(overrides={"methods": {"sft": {"config": {"alpha": 0.3}}}})
-    with pytest.raises(ConfigError, match=r"methods\.sft\.config: unknown option\(s\) \['alpha'\]"):
+    cfg = C.load(overrides={"runs": {"sft": {"config": {"alpha": 0.3}}}})
+    with pytest.raises(ConfigError, match=r"runs\.sft\.config: unknown option\(s\) \['alpha'\]"):
         build_run(cfg, "sft")
 
 

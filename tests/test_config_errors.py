@@ -16,8 +16,8 @@ import yaml
 
 from dwakd import config as C
 from dwakd.errors import ConfigError
-from dwakd.methods.base import build_config
 from dwakd.registry import available, get_method, specs
+from dwakd.settings import OPTION_TYPES, check_options, from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE_NOTE = "is extended by additional config specified via the command line"
@@ -44,18 +44,18 @@ def _write(tmp_path: Path, changes: dict) -> Path:
 
 # (id, changes to a copy of config/config.yaml, `--config` overrides, the line expected after "<source>: ")
 CASES = [
-    ("misspelled_method", {"methods.dwakd.method": "dwkad"}, [],
-     r"methods\.dwakd\.method: unknown method 'dwkad'; did you mean 'dwakd'\? \(registered: cma_ga, dskd_cma, "
-     r"dskd_eta, dwakd, mined, seqkd, sft, uld, vanilla_kd\)"),
-    ("option_of_the_wrong_type", {"methods.dskd_cma.config": {"kd_rate": "high"}}, [],
-     r"methods\.dskd_cma\.config\.kd_rate: expected float, got 'high'"),
-    ("option_the_method_does_not_have", {"methods.dwakd.config": {"kd_rate": "high"}}, [],
-     r"methods\.dwakd\.config: unknown option\(s\) \['kd_rate'\] \(did you mean 'wkd_rate'\?\); DWAKDConfig "
+    ("misspelled_method", {"runs.dwakd.method": "dwkad"}, [],
+     r"runs\.dwakd\.method: unknown method 'dwkad'; did you mean 'dwakd'\? \(registered: cma_ga, dskd_cma, "
+     r"dskd_eta, dwakd, mined, multilevel_ot, seqkd, sft, uld, vanilla_kd\)"),
+    ("option_of_the_wrong_type", {"runs.dskd_cma.config": {"kd_rate": "high"}}, [],
+     r"runs\.dskd_cma\.config\.kd_rate: expected float, got 'high'"),
+    ("option_the_method_does_not_have", {"runs.dwakd.config": {"kd_rate": "high"}}, [],
+     r"runs\.dwakd\.config: unknown option\(s\) \['kd_rate'\] \(did you mean 'wkd_rate'\?\); DWAKDConfig "
      r"accepts \['band_center_blend', .*'wkd_rate'\]"),
-    ("unknown_option", {"methods.dwakd.config": {"no_such_option": 1}}, [],
-     r"methods\.dwakd\.config: unknown option\(s\) \['no_such_option'\]; DWAKDConfig accepts \[.*\]"),
-    ("variant_not_among_the_choices", {"methods.dwakd_w_bdtw.config": {"variant": "bdtw"}}, [],
-     r"methods\.dwakd_w_bdtw\.config\.variant: expected one of \['emb_only', 'full', .*'w_bdtw', .*\], "
+    ("unknown_option", {"runs.dwakd.config": {"no_such_option": 1}}, [],
+     r"runs\.dwakd\.config: unknown option\(s\) \['no_such_option'\]; DWAKDConfig accepts \[.*\]"),
+    ("variant_not_among_the_choices", {"runs.dwakd_w_bdtw.config": {"variant": "bdtw"}}, [],
+     r"runs\.dwakd_w_bdtw\.config\.variant: expected one of \['emb_only', 'full', .*'w_bdtw', .*\], "
      r"got 'bdtw'"),
     ("profile_train_epochs", {"profiles.mini.train.epochs": "two"}, [],
      r"profiles\.mini\.train\.epochs: expected an integer, got 'two'"),
@@ -64,8 +64,8 @@ CASES = [
     ("type_in_the_profile_chosen_with_config", {"profiles.tiny.eval.limit": "50"}, ["profile=tiny"],
      r"profiles\.tiny\.eval\.limit: expected an integer, got '50'"),
     ("unknown_top_level_key", {"bogus_key": 1}, [],
-     r"bogus_key: unknown key; expected one of: datasets, methods, pairs, profile, profiles, rebuild_models, "
-     r"report, results_dir"),
+     r"bogus_key: unknown key; expected one of: datasets, defaults, pairs, profile, profiles, rebuild_models, "
+     r"report, results_dir, runs"),
 ]
 # (id, `--config` overrides, the whole line)
 OVERRIDES = [
@@ -136,15 +136,15 @@ def test_a_key_is_located_in_the_last_file_or_override_that_sets_it(tmp_path):
 
 
 @pytest.mark.parametrize("changes, sets, line", [
-    ({"methods.dskd_cma.config": {"kd_rate": "high"}}, [], r"{f}: methods\.dskd_cma\.config\.kd_rate: expected "
+    ({"runs.dskd_cma.config": {"kd_rate": "high"}}, [], r"{f}: runs\.dskd_cma\.config\.kd_rate: expected "
                                                            r"float, got 'high'"),
-    ({}, ["methods.dskd_cma.config.no_such_option=1"],
-     r"--set methods\.dskd_cma\.config\.no_such_option=1: methods\.dskd_cma\.config: unknown option\(s\) "
+    ({}, ["runs.dskd_cma.config.no_such_option=1"],
+     r"--set runs\.dskd_cma\.config\.no_such_option=1: runs\.dskd_cma\.config: unknown option\(s\) "
      r"\['no_such_option'\]; DSKDCMAConfig accepts \['divergence', 'kd_rate', 'temperature'\]"),
-    ({"methods.dskd_cma.method": "dskdcma"}, [],
-     r"{f}: methods\.dskd_cma\.method: unknown method 'dskdcma'; did you mean 'dskd_cma'\? \(registered: .*\)"),
-    ({"methods.dskd_cma.config": {"divergence": "kl"}}, [],
-     r"{f}: methods\.dskd_cma\.config\.divergence: expected one of \['akl', 'fkl', .*\], got 'kl'"),
+    ({"runs.dskd_cma.method": "dskdcma"}, [],
+     r"{f}: runs\.dskd_cma\.method: unknown method 'dskdcma'; did you mean 'dskd_cma'\? \(registered: .*\)"),
+    ({"runs.dskd_cma.config": {"divergence": "kl"}}, [],
+     r"{f}: runs\.dskd_cma\.config\.divergence: expected one of \['akl', 'fkl', .*\], got 'kl'"),
 ], ids=["wrong_type", "unknown_option_from_set", "misspelled_method", "not_a_divergence"])
 def test_dwakd_train_gives_the_dry_runs_line(changes, sets, line, tmp_path, capsys):
     from dwakd.cli import main
@@ -186,24 +186,24 @@ def test_without_the_registry_the_options_are_not_checked_and_the_note_says_so(m
 
 
 @pytest.mark.parametrize("name", METHODS, ids=METHODS)
-def test_the_dry_run_checks_every_option_as_build_config_does(name):
+def test_the_dry_run_checks_every_option_as_from_dict_does(name):
     """Each option of each registered method: its type is one the dry run checks by name, and a value of another
     type (or outside the field's choices) gets the same message from the dry run's check and from
-    ``build_config`` (what `dwakd train` runs)."""
+    ``dwakd.settings.from_dict`` (what `dwakd train` runs)."""
     cls = get_method(name).Config
     spec = C.method_specs()[name]
     assert spec["config"] == cls.__name__
-    where = f"methods.{name}.config"
-    C.check_options(where, {}, spec["options"], spec["config"])
-    build_config(cls, {}, where)
+    where = f"runs.{name}.config"
+    check_options(where, {}, spec["options"], spec["config"])
+    from_dict(cls, {}, where)
     for field, opt in spec["options"].items():
-        assert opt["type"] in C.OPTION_TYPES, f"{name}.{field}: the dry run cannot check a {opt['type']}"
+        assert opt["type"] in OPTION_TYPES, f"{name}.{field}: the dry run cannot check a {opt['type']}"
         bad = [1.5 if opt["type"] == "str" else "not-a-number"] + (["not-a-choice"] if opt["choices"] else [])
         for value in bad:
             with pytest.raises(ConfigError) as dry:
-                C.check_options(where, {field: value}, spec["options"], spec["config"])
+                check_options(where, {field: value}, spec["options"], spec["config"])
             with pytest.raises(ConfigError) as train:
-                build_config(cls, {field: value}, where)
+                from_dict(cls, {field: value}, where)
             assert str(dry.value) == str(train.value), (str(dry.value), str(train.value))
         for value in opt["choices"] or []:
-            build_config(cls, {field: value}, where)  # every choice the dry run accepts builds
+            from_dict(cls, {field: value}, where)  # every choice the dry run accepts builds

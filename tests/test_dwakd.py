@@ -12,9 +12,9 @@ import dwakd.methods.dwakd as dw
 from dwakd.align.cma import next_token_targets
 from dwakd.errors import ConfigError
 from dwakd.losses.softdtw import soft_dtw_divergence
-from dwakd.methods.base import build_config
 from dwakd.models import LMOutput, forward, load_model, load_tokenizer
 from dwakd.registry import get_method
+from dwakd.settings import from_dict
 from dwakd.train import TrainConfig, Trainer
 
 #: dolly_small records whose responses end inside max_len = 96, of different lengths (as tests/test_baselines.py)
@@ -35,7 +35,7 @@ CHANGES = {
 
 
 def _cfg(name: str = "dwakd", **over):
-    return build_config(get_method(name).Config, over, name)
+    return from_dict(get_method(name).Config, over, name)
 
 
 def _models(pair):

@@ -95,7 +95,7 @@ def truncated_vocab_map(tmp: Path) -> tuple[Path, callable]:
     path = tmp / "vocab_maps" / "teacher_to_student.json"
     path.parent.mkdir(parents=True)
     path.write_text('{"fingerprint": "abc", "teacher_to_student": [1, 2, 3')
-    from baselines.mined import read_vocab_map
+    from dwakd.vocab_map import read_vocab_map
 
     return path, lambda: read_vocab_map(path, None, None)
 
@@ -325,16 +325,16 @@ def test_publish_swaps_the_whole_run_folder_and_a_failed_publish_changes_nothing
 
 
 CONFIG_FAULTS = [
-    ("misspelled method name", {"methods.dwakd.method": "dwkad"},
-     r"methods\.dwakd\.method: unknown method 'dwkad'; did you mean 'dwakd'\? \(registered: .*\)"),
+    ("misspelled method name", {"runs.dwakd.method": "dwkad"},
+     r"runs\.dwakd\.method: unknown method 'dwkad'; did you mean 'dwakd'\? \(registered: .*\)"),
     ("empty main_table", {"profiles.mini.main_table": []},
      r"profiles\.mini\.main_table: expected at least 1 item\(s\), got \[\]"),
     ("empty main_table and ablation_table", {"profiles.tiny.main_table": [], "profiles.tiny.ablation_table": [],
                                              "profile": "tiny"},
      r"profiles\.tiny\.main_table: expected at least 1 item\(s\), got \[\]"),
     ("unknown top-level key", {"bogus_key": 1},
-     r"bogus_key: unknown key; expected one of: datasets, methods, pairs, profile, profiles, rebuild_models, "
-     r"report, results_dir"),
+     r"bogus_key: unknown key; expected one of: datasets, defaults, pairs, profile, profiles, rebuild_models, "
+     r"report, results_dir, runs"),
 ]
 
 
@@ -441,9 +441,9 @@ def test_a_second_workflow_on_the_same_results_refuses_to_start_naming_the_holde
 
 
 def test_the_workflow_retrains_a_run_whose_model_was_damaged(saved_model, tmp_path):
-    """``tmp_path/runs/sft`` stands for ``results/tiny/runs/sft``: its model truncated after it was saved. A dry
-    run names it; a run removes its receipt, so that the train job (and what reads the model) runs again."""
-    run = tmp_path / "work" / "results" / "tiny" / "runs" / "sft"
+    """``tmp_path/work/results/tiny/tiny/runs/sft``: a run's model truncated after it was saved. A dry run names
+    it; a run removes its receipt, so that the train job (and what reads the model) runs again."""
+    run = tmp_path / "work" / "results" / "tiny" / "tiny" / "runs" / "sft"
     run.parent.mkdir(parents=True)
     shutil.move(str(saved_model.parent), run)
     (run / "selection.json").write_text("{}")
@@ -456,17 +456,17 @@ def test_the_workflow_retrains_a_run_whose_model_was_damaged(saved_model, tmp_pa
             "profile=tiny"]
     r = subprocess.run([*base, "-n"], capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stderr[-2000:]
-    assert re.search(r"dwakd: results/tiny/runs/sft/model/model\.safetensors: \d+ bytes, \d+ when saved .* the "
-                     r"model folder is damaged; redo it: .* \(a run of the workflow removes "
-                     r"results/tiny/runs/sft/model\.sha256 and retrains it\)", r.stderr), r.stderr[-2000:]
+    assert re.search(r"dwakd: results/tiny/tiny/runs/sft/model/model\.safetensors: \d+ bytes, \d+ when saved .* "
+                     r"the model folder is damaged; redo it: .* \(a run of the workflow removes "
+                     r"results/tiny/tiny/runs/sft/model\.sha256 and retrains it\)", r.stderr), r.stderr[-2000:]
     assert (run / RECEIPT).exists()  # a dry run changes nothing
     # a run (of any target: here only the data) removes the receipt of the damaged model
     r = subprocess.run([*base, "--cores", "1", "results/tiny/data/train.jsonl"], capture_output=True, text=True,
                        env=_env())
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "(removed results/tiny/runs/sft/model.sha256: this run retrains it)" in r.stderr
+    assert "(removed results/tiny/tiny/runs/sft/model.sha256: this run retrains it)" in r.stderr
     assert not (run / RECEIPT).exists() and (run / "model").is_dir()
-    r = subprocess.run([*base, "-n", "results/tiny/runs/sft/model.sha256"], capture_output=True, text=True,
+    r = subprocess.run([*base, "-n", "results/tiny/tiny/runs/sft/model.sha256"], capture_output=True, text=True,
                        env=_env())
     assert "rule train:" in r.stdout + r.stderr
 

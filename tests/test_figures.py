@@ -292,7 +292,7 @@ def test_notebooks_are_jupytext_percent_with_a_parameter_cell():
         nb = jupytext.read(path)
         assert nb.metadata["jupytext"]["text_representation"]["format_name"] == "percent"
         params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(params) == 1 and "../results/tables" in params[0].source and "DWAKD_TABLES" in params[0].source
+        assert len(params) == 1 and "../results/mini/tables" in params[0].source and "DWAKD_TABLES" in params[0].source
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -346,14 +346,15 @@ def _tiny_cfg(**figures) -> dict:
 
 
 def _train(pair, records, out: Path, name: str):
-    from dwakd.cli import build_run
     from dwakd.models import load_model, load_tokenizer
+    from dwakd.run import build_run
     from dwakd.train import TrainConfig, Trainer
 
     torch.manual_seed(0)
     student, stok = load_model(pair / "student_base"), load_tokenizer(pair / "student_base")
     teacher, ttok = load_model(pair / "teacher").requires_grad_(False), load_tokenizer(pair / "teacher")
-    cls, mcfg, _ = build_run(_tiny_cfg(), name)
+    r = build_run(_tiny_cfg(), name)
+    cls, mcfg = r.method, r.method_config
     method = cls(mcfg, student, teacher if cls.needs_teacher else None, stok, ttok if cls.needs_teacher else None)
     cfg = TrainConfig(batch_size=2, max_steps=2, max_len=96, max_prompt_len=48, select_by="last", progress=False,
                       projector_lr=5e-2)
@@ -374,9 +375,9 @@ def trained(tiny_pair, dolly_small, tmp_path_factory):
 
 
 def test_save_model_stores_the_method_state_and_load_method_state_restores_it(trained, tiny_pair):
-    from dwakd.cli import build_run
+    from dwakd.checkpoint import METHOD_STATE, load_method_state
     from dwakd.models import load_model, load_tokenizer
-    from dwakd.train import METHOD_STATE, load_method_state
+    from dwakd.run import build_run
 
     root, methods = trained
     assert not (root / "runs" / "sft" / "model" / METHOD_STATE).exists()  # SFT has no parameters of its own
@@ -385,17 +386,17 @@ def test_save_model_stores_the_method_state_and_load_method_state_restores_it(tr
     assert not list(model_dir.parent.glob("model.tmp*"))
     student, stok = load_model(model_dir), load_tokenizer(model_dir)
     teacher, ttok = load_model(tiny_pair / "teacher"), load_tokenizer(tiny_pair / "teacher")
-    cls, mcfg, _ = build_run(_tiny_cfg(), "dwakd")
+    r = build_run(_tiny_cfg(), "dwakd")
     torch.manual_seed(1)
-    fresh = cls(mcfg, student, teacher, stok, ttok)
+    fresh = r.method(r.method_config, student, teacher, stok, ttok)
     trained_state = methods["dwakd"].state_dict()
     assert not torch.equal(fresh.cma.query.weight, trained_state["cma.query.weight"])
     assert load_method_state(fresh, model_dir) is True
     for k, v in fresh.state_dict().items():
         torch.testing.assert_close(v, trained_state[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="method 'dwakd', not 'dskd_cma'"):
-        cma_cls, cma_cfg, _ = build_run(_tiny_cfg(), "dskd_cma")
-        load_method_state(cma_cls(cma_cfg, student, teacher, stok, ttok), model_dir)
+        cma = build_run(_tiny_cfg(), "dskd_cma")
+        load_method_state(cma.method(cma.method_config, student, teacher, stok, ttok), model_dir)
     with pytest.raises(FileNotFoundError, match="retrain"):
         load_method_state(fresh, root / "runs" / "sft" / "model")
 
@@ -456,7 +457,7 @@ def test_attention_export_maps_band_and_probe(trained, tiny_pair, tmp_path):
 @pytest.mark.slow
 def test_figures_and_notebooks_on_the_tiny_run(tiny_run, monkeypatch, tmp_path):
     """The tiny workflow's attention tables and figures, and the notebooks on its tables."""
-    tiny = tiny_run / "results" / "tiny"
+    tiny = tiny_run / "results" / "tiny" / "tiny"
     tables, figures = tiny / "tables", tiny / "figures"
     for run in ("dskd_cma", "cma_ga", "dwakd", "dwakd_w_bdtw"):
         assert (tiny / "runs" / run / "model" / "method_state.pt").exists(), run

@@ -21,7 +21,6 @@ from transformers import GPT2Tokenizer, LlamaTokenizer, Qwen2Tokenizer
 from dwakd.data import SHIPPED_DATA, encode_sample, load_jsonl
 from dwakd.errors import ConfigError
 from dwakd.evaluate import GenConfig, bits_per_byte, generate
-from dwakd.methods.base import build_config
 from dwakd.models import (
     ADAPTER_DIR,
     LoraSettings,
@@ -36,6 +35,7 @@ from dwakd.models import (
     save_trained,
 )
 from dwakd.registry import available, get_method
+from dwakd.settings import from_dict
 from dwakd.tokenization import corpus_texts, frequent_characters
 from dwakd.train import TrainConfig, Trainer
 
@@ -154,7 +154,7 @@ def load_pair(zoo, teacher_cls, student_cls, method_cls):
 
 def method_overrides(name, stok, ttok, tmp_path) -> dict:
     if name == "mined":  # the vocabulary map, as `dwakd vocab-map` writes it
-        from baselines.mined import mined_vocab_map, write_vocab_map
+        from dwakd.vocab_map import mined_vocab_map, write_vocab_map
 
         path = tmp_path / "vocab_map.json"
         write_vocab_map(path, mined_vocab_map(ttok, stok, workers=1), ttok, stok)
@@ -166,7 +166,7 @@ def method_overrides(name, stok, ttok, tmp_path) -> dict:
 
 def make_method(name, student, teacher, stok, ttok, tmp_path):
     cls = get_method(name)
-    cfg = build_config(cls.Config, method_overrides(name, stok, ttok, tmp_path), f"test.{name}")
+    cfg = from_dict(cls.Config, method_overrides(name, stok, ttok, tmp_path), f"test.{name}")
     return cls(cfg, student, teacher, stok, ttok)
 
 
@@ -268,7 +268,7 @@ def test_every_method_trains_on_every_class(name, teacher_cls, student_cls, zoo,
     student, stok, teacher, ttok = load_pair(zoo, teacher_cls, student_cls, get_method(name))
     method = make_method(name, student, teacher, stok, ttok, tmp_path)
     before, mbefore = snapshot(student), snapshot(method)
-    cfg = build_config(TrainConfig, TRAIN, "test.train")
+    cfg = from_dict(TrainConfig, TRAIN, "test.train")
     Trainer(method, student, teacher, stok, ttok, cfg, out).fit(train_records)
     losses = logged_losses(out)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses), (name, losses)
@@ -303,7 +303,7 @@ def test_lora_students_every_method(name, zoo, train_records, tmp_path):
     assert trainable and all("lora_" in k for k in trainable)
     method = make_method(name, student, teacher, stok, ttok, tmp_path)
     before, mbefore = snapshot(student), snapshot(method)
-    cfg = build_config(TrainConfig, TRAIN, "test.train")
+    cfg = from_dict(TrainConfig, TRAIN, "test.train")
     Trainer(method, student, teacher, stok, ttok, cfg, out).fit(train_records)
     assert all(math.isfinite(x) for x in logged_losses(out))
     moved = changed(before, student)
@@ -417,7 +417,7 @@ def test_lora_with_checkpointing_keeps_embeddings_in_the_graph(zoo):
 def test_bf16_weights_train_on_cpu(name, zoo, train_records, tmp_path):
     """bf16 weights without autocast (the Trainer autocasts only on CUDA): every method, OPT teacher → Qwen2
     student, and (DSKD-CMA) a bf16 LoRA base (Llama), take finite steps."""
-    settings = ModelSettings.from_dict({"dtype": "bfloat16"}, "test.student")
+    settings = from_dict(ModelSettings, {"dtype": "bfloat16"}, "test.student")
     runs = [(name, "opt", "qwen2", settings)]
     if name == "dskd_cma":
         runs.append((name, *LORA_PAIR, ModelSettings(dtype="bfloat16", gradient_checkpointing=True, lora=LORA)))
@@ -430,7 +430,7 @@ def test_bf16_weights_train_on_cpu(name, zoo, train_records, tmp_path):
         method = make_method(name, student, teacher, stok, ttok, tmp_path)
         before = snapshot(student)
         out = tmp_path / f"{name}-{student_cls}"
-        Trainer(method, student, teacher, stok, ttok, build_config(TrainConfig, TRAIN, "t"), out).fit(train_records)
+        Trainer(method, student, teacher, stok, ttok, from_dict(TrainConfig, TRAIN, "t"), out).fit(train_records)
         assert all(math.isfinite(x) for x in logged_losses(out)), name
         assert changed(before, student), name
     # bf16 on disk, fp32 by default
@@ -445,7 +445,7 @@ def test_cuda_bf16_lora_checkpointing(zoo, train_records, tmp_path):
     student = prepare_for_training(base, settings).cuda()
     teacher = teacher.to("cuda", torch.bfloat16)
     method = make_method("dwakd", student, teacher, stok, ttok, tmp_path).cuda()
-    cfg = build_config(TrainConfig, TRAIN, "test.train")
+    cfg = from_dict(TrainConfig, TRAIN, "test.train")
     Trainer(method, student, teacher, stok, ttok, cfg, tmp_path / "run").fit(train_records)
     assert all(math.isfinite(x) for x in logged_losses(tmp_path / "run"))
     dest = save_trained(student, stok, tmp_path / "merged")
@@ -462,13 +462,13 @@ def test_cuda_bf16_lora_checkpointing(zoo, train_records, tmp_path):
 
 
 def test_model_settings_from_dict():
-    s = ModelSettings.from_dict({"dtype": "bfloat16", "gradient_checkpointing": True,
+    s = from_dict(ModelSettings, {"dtype": "bfloat16", "gradient_checkpointing": True,
                                  "lora": {"r": 256, "alpha": 8, "dropout": 0.1}}, "models.student")
     assert s.torch_dtype == torch.bfloat16 and s.lora == LoraSettings(256, 8.0, 0.1, "all-linear")
-    assert ModelSettings.from_dict(None, "x") == ModelSettings()
-    assert ModelSettings.from_dict({"lora": None}, "x").lora is None
-    assert ModelSettings.from_dict({"lora": {}}, "x").lora == LoraSettings()
-    assert ModelSettings.from_dict({"lora": {"target_modules": ["c_attn"]}}, "x").lora.target_modules == ["c_attn"]
+    assert from_dict(ModelSettings, None, "x") == ModelSettings()
+    assert from_dict(ModelSettings, {"lora": None}, "x").lora is None
+    assert from_dict(ModelSettings, {"lora": {}}, "x").lora == LoraSettings()
+    assert from_dict(ModelSettings, {"lora": {"target_modules": ["c_attn"]}}, "x").lora.target_modules == ["c_attn"]
 
 
 @pytest.mark.parametrize("d,needle", [
@@ -487,7 +487,7 @@ def test_model_settings_from_dict():
 ])
 def test_bad_model_settings_are_named(d, needle):
     with pytest.raises(ConfigError, match=needle):
-        ModelSettings.from_dict(d, "models.student")
+        from_dict(ModelSettings, d, "models.student")
 
 
 def test_load_model_errors_name_the_path(zoo, tmp_path):

@@ -49,8 +49,8 @@ def paper_dry_run(tmp_path_factory):
 def test_paper_dry_run_lists_the_full_grid(paper_dry_run):
     cfg = C.load(None, {"profile": "paper"})
     prof = C.profile(cfg)
-    pairs, runs = C.profile_pairs(prof), C.table_runs(prof)
-    assert len(pairs) == 5 and len(runs) == 16
+    pairs, runs = prof["pairs"], C.table_runs(prof)
+    assert len(pairs) == 5 and len(runs) == 17  # 9 main-table runs + 10 ablation rows, 2 shared
     jobs = _jobs(paper_dry_run)
     assert jobs["train"] == len(pairs) * len(runs)
     assert jobs["eval"] == len(pairs) * (len(runs) + 1)  # + the copy floor
@@ -93,15 +93,15 @@ def test_paper_pairs_hold_the_published_settings():
     tiny = pairs["mistral-7b_tinyllama-1.1b"]
     assert tiny["student"]["lora"] == {"r": 256, "alpha": 8, "dropout": 0.1}  # DSKD scripts (docs/paper.md)
     assert tiny["teacher"]["lora"] == {"r": 256, "alpha": 8, "dropout": 0.1}
-    for name in C.profile_pairs(C.profile(cfg)):
+    for name in C.profile(cfg)["pairs"]:
         p = pairs[name]
         assert p["teacher"]["dtype"] == "bfloat16" and p["student"]["gradient_checkpointing"] is True
         assert "/" in p["teacher"]["hf_id"] and "/" in p["student"]["hf_id"]
-    from dwakd.cli import build_run
+    from dwakd.run import build_run
 
-    _, _, t = build_run(cfg, "dwakd", "mistral-7b_tinyllama-1.1b")
+    t = build_run(cfg, "dwakd", "mistral-7b_tinyllama-1.1b").train_config
     assert (t.lr, t.epochs, t.batch_size * t.grad_accum) == (1e-3, 10, 32)  # the pair's overrides win
-    _, _, t = build_run(cfg, "dwakd", "qwen1.5-1.8b_gpt2-120m")
+    t = build_run(cfg, "dwakd", "qwen1.5-1.8b_gpt2-120m").train_config
     assert (t.lr, t.epochs, t.batch_size * t.grad_accum, t.dev_limit) == (5e-4, 20, 32, 0)
 
 
@@ -122,9 +122,11 @@ def test_pairs_sharing_a_teacher_name_must_share_its_settings():
         C.check(cfg)
 
 
-def test_a_profile_gives_pair_or_pairs_not_both():
-    with pytest.raises(ConfigError, match="exactly one of `pair`"):
-        C.load(None, {"profiles": {"mini": {"pairs": ["mini"]}}})
+def test_a_profile_lists_its_pairs_even_one():
+    with pytest.raises(ConfigError, match=r"profiles\.mini\.pair: unknown key; expected one of: ablation_in_all, "):
+        C.load(None, {"profiles": {"mini": {"pair": "mini"}}})
+    with pytest.raises(ConfigError, match=r"profiles\.mini\.pairs: expected a list, got 'mini'"):
+        C.load(None, {"profiles": {"mini": {"pairs": "mini"}}})
 
 
 def test_gpu_small_profile_is_a_self_built_pair_of_tens_of_millions_of_parameters(tmp_path):
@@ -199,7 +201,6 @@ def test_hub_models_come_from_the_hugging_face_cache_offline(tiny_pair, tmp_path
 def test_dwakd_models_links_a_published_pair_without_copying(tiny_pair, tmp_path):
     base = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     base["profiles"]["p"] = {**base["profiles"]["tiny"], "pairs": ["a"]}
-    del base["profiles"]["p"]["pair"]
     base["pairs"]["a"] = {"teacher": {"path": str(tiny_pair / "teacher")},
                           "student": {"path": str(tiny_pair / "student_base")}}
     base["profile"] = "p"
@@ -231,13 +232,12 @@ def test_a_profile_of_published_style_pairs_runs_end_to_end(tiny_pair, tmp_path)
     base["pairs"]["b"] = {"teacher": teacher, "student": {**student, "gradient_checkpointing": True,
                                                          "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}}
     prof = {**base["profiles"]["tiny"], "pairs": ["a", "b"], "results_dir": "results/hub", "train_limit": 32,
-            "dev_limit": 4, "main_table": ["sft", "seqkd", "mined"],
+            "dev_limit": 4, "main_table": ["sft", "seqkd", "mined"], "ablation_table": [],
             "launcher": "accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no "
                         "--dynamo_backend no",
             "train": {**base["profiles"]["tiny"]["train"], "max_steps": 2, "select_by": "last"},
             "eval": {**base["profiles"]["tiny"]["eval"], "limit": 3, "seeds": [10], "max_new_tokens": 4},
             "generate": {**base["profiles"]["tiny"]["generate"], "max_new_tokens": 4}}
-    del prof["pair"], prof["ablation_table"], prof["figures"]
     base["profiles"]["hub"] = prof
     base["profile"] = "hub"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(base))

@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 import dwakd.align.cma as cma_mod
-from baselines._common import response_tokens, tokens_of
 from baselines.uld import uld_pairs
+from dwakd.align.responses import response_tokens, tokens_of
 from dwakd.align.tokens import build_vocab_map, dtw_align, invert_vocab_map, one_to_one
 from dwakd.losses.divergences import divergence, js_divergence
-from dwakd.methods.base import build_config
 from dwakd.models import LMOutput
 from dwakd.registry import get_method
+from dwakd.settings import from_dict
 
 FIX = Path(__file__).parent / "fixtures" / "parity" / "dskd"
 RTOL = 1e-5
@@ -52,7 +52,7 @@ def _extend(x: torch.Tensor) -> torch.Tensor:
 
 
 def _cfg(name: str, **over):
-    return build_config(get_method(name).Config, over, name)
+    return from_dict(get_method(name).Config, over, name)
 
 
 class _Tok:

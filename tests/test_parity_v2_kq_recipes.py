@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines._common import n_response_tokens, response_mask
 from baselines.uld import uld_pairs
 from dwakd.align.projection import pinv_t2s_init, s2t_matrix, shared_vocab, teacher_head_pinv
+from dwakd.align.responses import n_response_tokens, response_mask
 from dwakd.align.tokens import exact_token_alignment
 from dwakd.losses.divergences import token_ce
-from dwakd.methods.base import build_config
 from dwakd.models import LMOutput
 from dwakd.registry import get_method
+from dwakd.settings import from_dict
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "parity"
 RTOL = 1e-5
@@ -175,7 +175,7 @@ def _cma_ga(variant: str):
     stok = SimpleNamespace(pad_token_id=cfg_ref["student_eos_id"], eos_token_id=cfg_ref["student_eos_id"])
     ttok = SimpleNamespace(pad_token_id=cfg_ref["teacher_eos_id"], eos_token_id=cfg_ref["teacher_eos_id"])
     cls = get_method("cma_ga")
-    cfg = build_config(cls.Config, dict(variant=variant, kd_rate=cfg_ref["kd_rate"], temperature=cfg_ref["kd_temp"],
+    cfg = from_dict(cls.Config, dict(variant=variant, kd_rate=cfg_ref["kd_rate"], temperature=cfg_ref["kd_temp"],
                                         divergence="fkl", kq_rate=cfg_ref["kq_rate"],
                                         disc_hidden=cfg_ref["kq_hidden"]), "cma_ga")
     m = cls(cfg, student, teacher, stok, ttok)
@@ -294,7 +294,7 @@ ULD = _load("llm_recipes/uld.pt")
 
 
 def _uld(case, logits: torch.Tensor):
-    m = get_method("uld")(build_config(get_method("uld").Config, {"variant": "original"}, "uld"), None, object())
+    m = get_method("uld")(from_dict(get_method("uld").Config, {"variant": "original"}, "uld"), None, object())
     batch = {"student": {"labels": case["student_labels"]}, "teacher": {"labels": case["teacher_labels"]}}
     loss, logs = m.loss(batch, LMOutput(logits=logits), LMOutput(logits=case["teacher_logits"]))
     n = n_response_tokens(case["student_labels"])

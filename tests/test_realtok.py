@@ -257,7 +257,7 @@ E2E_PAIRS = {"gpt2<-qwen1.5": (("gpt2", "gpt2"), ("qwen1.5", "qwen2")),
 def real_pairs(tmp_path_factory, real, reference_maps) -> dict:
     """Tiny random models with the real vocabulary sizes and tokenizers, saved like the workflow's pair folders,
     with the reference MinED map of each pair written beside them."""
-    from baselines.mined import write_vocab_map
+    from dwakd.vocab_map import write_vocab_map
     from dwakd.models import build_model
 
     out = {}
@@ -289,7 +289,7 @@ def test_every_method_trains_on_the_real_pair(name, pair, real_pairs, tmp_path):
     import dataclasses
 
     from dwakd.data import SHIPPED_DATA, load_jsonl
-    from dwakd.methods.base import build_config
+    from dwakd.settings import from_dict
     from dwakd.models import load_model, load_tokenizer
     from dwakd.registry import get_method
     from dwakd.train import TrainConfig, Trainer
@@ -300,7 +300,7 @@ def test_every_method_trains_on_the_real_pair(name, pair, real_pairs, tmp_path):
     student, stok = load_model(root / "student_base"), load_tokenizer(root / "student_base")
     teacher, ttok = load_model(root / "teacher").requires_grad_(False), load_tokenizer(root / "teacher")
     cls = get_method(name)
-    cfg = build_config(cls.Config, {}, name)
+    cfg = from_dict(cls.Config, {}, name)
     if any(f.name == "vocab_map" for f in dataclasses.fields(cfg)):
         cfg = dataclasses.replace(cfg, vocab_map=str(root / "vocab_map.json"))
     method = cls(cfg, student, teacher, stok, ttok)

@@ -49,9 +49,9 @@ def _cfg(root, sets, main_table, ablation_table, pair=None, name="cfg.yaml"):
     prof = {"eval": {"sets": sets}, "main_table": main_table, "ablation_table": ablation_table,
             "ablation_in_all": True}
     cfg = {"profiles": {"mini": prof},
-           "methods": {"abl_a": {"method": "sft", "title": "w/ A"}, "abl_b": {"method": "sft", "title": "w/ B"}}}
+           "runs": {"abl_a": {"method": "sft", "title": "w/ A"}, "abl_b": {"method": "sft", "title": "w/ B"}}}
     if pair:
-        prof["pair"] = pair
+        prof["pairs"] = [pair]
         cfg["pairs"] = {pair: {"teacher": {"arch": "qwen2"}, "student": {"arch": "gpt2"}}}
     (root / name).write_text(yaml.safe_dump(cfg))
     return root / name
@@ -259,7 +259,7 @@ def test_bootstrap_settings_come_from_the_config_and_are_validated(evals, tmp_pa
     assert "report.bootstrap.ci: expected a value < 1, got 95" in capsys.readouterr().err
     assert main(["significance", "--config", "config/config.yaml", "--set", "report.baselines=[sft, ghost]",
                  "--eval-dir", str(root / "eval"), "--out", str(tmp_path / "t")]) == 2
-    assert "report.baselines: 'ghost' is not in methods" in capsys.readouterr().err
+    assert "report.baselines: 'ghost' is not in runs" in capsys.readouterr().err
 
 
 BYTES = [40 + 7 * i for i in range(N)]  # each prompt's gold response bytes
@@ -381,7 +381,7 @@ def test_the_report_rules_put_every_table_in_the_snakemake_report_as_an_html_pag
                        text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     items = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("ITEMS "))[6:])
-    tables = "results/tiny/tables"
+    tables = "results/tiny/{pair,tiny}/tables"  # the pair wildcard, constrained to the profile's pairs
     html = {k: v for k, v in items.items() if k.endswith(".html")}
     assert sorted(html) == sorted([f"{tables}/{{table,main|ablation}}.html", f"{tables}/significance.html",
                                    f"{tables}/efficiency.html"])

@@ -2,7 +2,7 @@
 
 The killed runs are real processes (this file run as a script: ``Trainer.fit`` of DSKD-CMA, whose projectors and
 their optimiser state are checkpointed too) stopped with SIGKILL: from outside during an epoch, and from inside
-(``DWAKD_TEST_FAULT``, ``dwakd.train._fault``) while a checkpoint's ``state.pt`` or the ``model/`` folder is half
+(``inject_fault``, by monkeypatching) while a checkpoint's ``state.pt`` or the ``model/`` folder is half
 written. Each is then resumed (``fit(resume=True)``, what ``dwakd train --resume`` calls) and its log, selection,
 model and method state must equal the uninterrupted run's; a half-written checkpoint or model is never taken.
 A non-finite loss or gradient norm stops the run with the last good checkpoint on disk, and a resume starts from it.
@@ -10,6 +10,7 @@ A non-finite loss or gradient norm stops the run with the last good checkpoint o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,12 +48,62 @@ def records() -> list[dict]:
     return load_jsonl(SHIPPED_DATA / "dolly_train.jsonl.gz")[:N_RECORDS]
 
 
+def dying_inside(atomic_dir, when, cut):
+    """``atomic_dir`` that, for a destination ``when(dest)`` accepts, cuts the file ``cut(tmp)`` to half its size
+    once the body has written the temporary folder ``tmp``, and SIGKILLs this process before ``tmp`` is renamed."""
+    @contextlib.contextmanager
+    def wrapped(dest, *args, **kwargs):
+        with atomic_dir(dest, *args, **kwargs) as tmp:
+            yield tmp
+            if when(Path(dest)):
+                partial = cut(tmp)
+                os.truncate(partial, partial.stat().st_size // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return wrapped
+
+
+def inject_fault(mp: pytest.MonkeyPatch, fault: str) -> None:
+    """Monkeypatch the training code of this process (``run_killed``'s child) so that it meets ``fault``:
+    ``checkpoint@N``: SIGKILL inside the checkpoint writer of step N, ``state.pt`` half written in the temporary
+    folder; ``model@N``: SIGKILL inside ``Trainer.save_model`` at step N, the student half written in the
+    temporary folder; ``sleep@S``: S seconds of sleep after every step's log line (so that a test can kill the run
+    from outside at a moment of its choosing)."""
+    from dwakd import checkpoint, train
+
+    what, _, arg = fault.partition("@")
+    if what == "sleep":
+        write = checkpoint.TrainLog.write
+
+        def write_and_sleep(self, rec):
+            write(self, rec)
+            if "loss" in rec:
+                time.sleep(float(arg))
+
+        mp.setattr(checkpoint.TrainLog, "write", write_and_sleep)
+    elif what == "checkpoint":
+        mp.setattr(checkpoint, "atomic_dir", dying_inside(checkpoint.atomic_dir, lambda d: d.name == f"step-{arg}",
+                                                          lambda tmp: tmp / "state.pt"))
+    elif what == "model":
+        at = {}
+        end_epoch = train.Trainer.end_epoch
+
+        def noting_the_step(self, state):
+            at["step"] = state["step"]
+            end_epoch(self, state)
+
+        mp.setattr(train.Trainer, "end_epoch", noting_the_step)
+        mp.setattr(train, "atomic_dir", dying_inside(train.atomic_dir, lambda dest: at.get("step") == int(arg),
+                                                     lambda tmp: next(tmp.glob("*.safetensors"))))
+    else:
+        raise ValueError(f"unknown fault {fault!r}")
+
+
 def run_killed(pair: Path, out: Path, fault: str, kill_after_steps: int | None = None) -> None:
-    """Run the training in a child process with ``DWAKD_TEST_FAULT=fault``; it must die of SIGKILL: its own
-    (a fault point) or ours, sent once the log holds ``kill_after_steps`` step lines."""
-    env = {**os.environ, "DWAKD_TEST_FAULT": fault,
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    proc = subprocess.Popen([sys.executable, __file__, str(pair), str(out)], env=env,
+    """Run the training in a child process with ``fault`` injected (``inject_fault``); it must die of SIGKILL: its
+    own (a fault point) or ours, sent once the log holds ``kill_after_steps`` step lines."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.Popen([sys.executable, __file__, str(pair), str(out), fault], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if kill_after_steps is not None:
         log = out / "train_log.jsonl"
@@ -204,4 +255,6 @@ def test_atomic_helpers(tmp_path):
 
 
 if __name__ == "__main__":
-    make_trainer(Path(sys.argv[1]), Path(sys.argv[2])).fit(records())
+    with pytest.MonkeyPatch.context() as mp:
+        inject_fault(mp, sys.argv[3])
+        make_trainer(Path(sys.argv[1]), Path(sys.argv[2])).fit(records())

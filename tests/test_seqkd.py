@@ -14,9 +14,9 @@ from dwakd.align.tokens import build_vocab_map
 from dwakd.data import load_jsonl, write_jsonl
 from dwakd.errors import ConfigError
 from dwakd.generate import TeacherGenConfig, build_records, partial_path, read_partial
-from dwakd.methods.base import build_config
 from dwakd.models import load_model, load_tokenizer
 from dwakd.registry import get_method
+from dwakd.settings import from_dict
 from dwakd.train import Trainer
 
 TINY = ["--set", "profile=tiny", "--set", "profiles.tiny.train.select_by=last",
@@ -98,7 +98,7 @@ def test_one_chunk_is_exactly_evaluate_generate_with_the_seed(tiny_pair, dolly_s
     out = tmp_path / "gen.jsonl"
     assert _generate(tiny_pair, data, out, "--set", "profiles.tiny.generate.chunk_size=100",
                      "--set", "profiles.tiny.generate.empty=drop") == 0
-    cfg = build_config(TeacherGenConfig, {"max_prompt_len": 48, "max_len": 80, "max_new_tokens": 10, "batch_size": 4,
+    cfg = from_dict(TeacherGenConfig, {"max_prompt_len": 48, "max_len": 80, "max_new_tokens": 10, "batch_size": 4,
                                           "chunk_size": 100}, "t")
     model, tok = load_model(tiny_pair / "teacher"), load_tokenizer(tiny_pair / "teacher")
     texts = dwakd.evaluate.generate(model, tok, [r["prompt"] for r in records], cfg.gen_config(), seed=10)
@@ -115,7 +115,7 @@ def test_max_len_bounds_prompt_plus_response(tiny_pair, dolly_small, monkeypatch
         return orig(*a, **kw)
 
     monkeypatch.setattr(model, "generate", spy)
-    cfg = build_config(TeacherGenConfig, {"max_prompt_len": 40, "max_len": 50, "max_new_tokens": 30,
+    cfg = from_dict(TeacherGenConfig, {"max_prompt_len": 40, "max_len": 50, "max_new_tokens": 30,
                                           "batch_size": 2}, "t")
     dwakd.evaluate.generate(model, tok, [r["prompt"] for r in dolly_small[:4]], cfg.gen_config(), seed=10)
     assert asked and all(n_prompt <= 40 and n_prompt + n_new == 50 and nr == 0 for n_prompt, n_new, nr in asked)
@@ -128,9 +128,9 @@ def test_empty_generations_keep_the_gold_or_are_dropped():
                     {"prompt": "p2", "output": "gold 2", "source": "gold"}]
     assert build_records(records, ["an answer", ""], "drop") == [kept[0]]
     with pytest.raises(ConfigError, match=r"g\.empty: expected one of \['gold', 'drop'\], got 'keep'"):
-        build_config(TeacherGenConfig, {"empty": "keep"}, "g")
+        from_dict(TeacherGenConfig, {"empty": "keep"}, "g")
     with pytest.raises(ConfigError, match=r"g\.max_len: expected more than max_prompt_len"):
-        build_config(TeacherGenConfig, {"max_prompt_len": 256, "max_len": 256}, "g")
+        from_dict(TeacherGenConfig, {"max_prompt_len": 256, "max_len": 256}, "g")
 
 
 def test_generation_defaults_are_seqkd_settings():
@@ -194,23 +194,23 @@ def test_vocab_map_cli_equals_build_vocab_map_and_mined_loads_it(tiny_pair, tmp_
     assert len(data["fingerprint"]) == 64
     assert (data["teacher_vocab_size"], data["student_vocab_size"]) == (len(tv), len(sv))
 
-    import baselines.mined as mined
+    import dwakd.vocab_map as vocab_map
 
     def no_rebuild(*a, **kw):
         raise AssertionError("MinED rebuilt a vocabulary map it was given")
 
-    monkeypatch.setattr(mined, "build_vocab_map", no_rebuild)
+    monkeypatch.setattr(vocab_map, "build_vocab_map", no_rebuild)
     torch.manual_seed(0)
     student, teacher = load_model(tiny_pair / "student_base"), load_model(tiny_pair / "teacher")
     cls = get_method("mined")
-    m = cls(build_config(cls.Config, {"vocab_map": str(out)}, "mined"), student, teacher, stok, ttok)
+    m = cls(from_dict(cls.Config, {"vocab_map": str(out)}, "mined"), student, teacher, stok, ttok)
     assert m.t2s[:len(expected)].tolist() == expected
 
     # a map of other vocabularies is an error that names the file, never silently rebuilt or overwritten
     stale = tmp_path / "stale.json"
     stale.write_text(json.dumps({**data, "fingerprint": "0" * 64}))
     with pytest.raises(ConfigError, match=r"stale\.json: this vocabulary map was built for other tokenizers"):
-        cls(build_config(cls.Config, {"vocab_map": str(stale)}, "mined"), student, teacher, stok, ttok)
+        cls(from_dict(cls.Config, {"vocab_map": str(stale)}, "mined"), student, teacher, stok, ttok)
     assert json.loads(stale.read_text())["fingerprint"] == "0" * 64
 
 
@@ -218,9 +218,9 @@ def test_train_passes_the_vocab_map_to_mined_only(tiny_pair, dolly_small, tmp_pa
     data = _train_file(dolly_small[:4], tmp_path)
     vmap = tmp_path / "map.json"
     assert cli.main(["vocab-map", "--models", str(tiny_pair), "--out", str(vmap), "--workers", "1"]) == 0
-    import baselines.mined as mined
+    import dwakd.vocab_map as vocab_map
 
-    monkeypatch.setattr(mined, "build_vocab_map", lambda *a, **kw: pytest.fail("rebuilt the given map"))
+    monkeypatch.setattr(vocab_map, "build_vocab_map", lambda *a, **kw: pytest.fail("rebuilt the given map"))
     out = tmp_path / "run"
     assert cli.main(["train", *TINY, "--run", "mined", "--models", str(tiny_pair), "--data", str(data),
                      "--vocab-map", str(vmap), "--out", str(out), "--max-steps", "1"]) == 0

@@ -4,9 +4,10 @@ import json
 import pytest
 import torch
 
+from dwakd.data import collate, epoch_order, pack_blocks
 from dwakd.methods.sft import SFT, SFTConfig
 from dwakd.models import load_model, load_tokenizer
-from dwakd.train import TrainConfig, Trainer, collate, epoch_order, pack_blocks
+from dwakd.train import TrainConfig, Trainer
 
 
 def make_trainer(pair, out, **over):
@@ -123,15 +124,15 @@ def test_epoch_order_groups_lengths_into_batches():
 
 def test_train_config_rejects_bad_values():
     from dwakd.errors import ConfigError
-    from dwakd.methods.base import build_config
+    from dwakd.settings import from_dict
 
     with pytest.raises(ConfigError, match=r"train\.select_by: expected"):
-        build_config(TrainConfig, {"select_by": "best"}, "train")
+        from_dict(TrainConfig, {"select_by": "best"}, "train")
     with pytest.raises(ConfigError, match=r"train: unknown option\(s\) \['lrate'\]"):
-        build_config(TrainConfig, {"lrate": 1.0}, "train")
+        from_dict(TrainConfig, {"lrate": 1.0}, "train")
     with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got 'two'"):
-        build_config(TrainConfig, {"epochs": "two"}, "train")
-    assert dataclasses.asdict(build_config(TrainConfig, {"lr": 1}, "train"))["lr"] == 1.0
+        from_dict(TrainConfig, {"epochs": "two"}, "train")
+    assert dataclasses.asdict(from_dict(TrainConfig, {"lr": 1}, "train"))["lr"] == 1.0
 
 
 def test_changed_settings_do_not_resume_a_stale_checkpoint(tiny_pair, dolly_small, tmp_path, monkeypatch):
@@ -170,13 +171,13 @@ def test_dev_selection_keeps_the_best_epoch(tiny_pair, dolly_small, tmp_path):
     assert [h["dev_rougeL"] for h in sel["history"]] == [3.0, 5.0, 4.0]
 
 
-def test_response_tokens_counts_what_the_loss_is_normalised_by(tiny_pair, dolly_small):
-    from dwakd.train import response_tokens
+def test_response_length_counts_what_the_loss_is_normalised_by(tiny_pair, dolly_small):
+    from dwakd.data import response_length
 
     t = make_trainer(tiny_pair, "unused")
     items = t.make_items(dolly_small[:6])
     b = t.batch(items)
-    assert sum(response_tokens(x) for x in items) == int((b["student"]["labels"][:, 1:] != -100).sum())
+    assert sum(response_length(x) for x in items) == int((b["student"]["labels"][:, 1:] != -100).sum())
 
 
 def test_sharded_generation_and_dev_scores_do_not_depend_on_the_process_count(tiny_pair, dolly_small):

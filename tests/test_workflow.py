@@ -51,12 +51,13 @@ def test_seqkd_trains_on_the_teacher_samples_and_mined_reads_the_vocab_map(tmp_p
     out = r.stdout + r.stderr
     cmds = [ln.split("Shell command: ", 1)[1] for ln in out.splitlines() if ln.startswith("Shell command: ")]
     train = {c.split("--run ")[1].split()[0]: c for c in cmds if " train " in c}
-    assert set(train) == {"sft", "seqkd", "uld", "mined", "dskd_cma", "dskd_eta", "cma_ga", "dwakd", "dwakd_w_bdtw"}
-    gen = "results/tiny/generated/teacher_train.jsonl"
-    vmap = "results/tiny/vocab_maps/teacher_to_student.json"
+    assert set(train) == {"sft", "seqkd", "uld", "mined", "multilevel_ot", "dskd_cma", "dskd_eta", "cma_ga", "dwakd",
+                          "dwakd_w_bdtw"}
+    gen = "results/tiny/teachers/qwen2/generated/teacher_train.jsonl"  # per teacher (named by its arch here)
+    vmap = "results/tiny/vocab_maps/qwen2__llama.json"  # per teacher and student tokenizer
     assert f"--train-file {gen}" in train["seqkd"] and "--vocab-map" not in train["seqkd"]
     assert f"--vocab-map {vmap}" in train["mined"] and "--train-file results/tiny/data/train.jsonl" in train["mined"]
-    for run in ("sft", "uld", "dskd_cma", "dskd_eta", "cma_ga", "dwakd", "dwakd_w_bdtw"):
+    for run in ("sft", "uld", "multilevel_ot", "dskd_cma", "dskd_eta", "cma_ga", "dwakd", "dwakd_w_bdtw"):
         assert "--train-file results/tiny/data/train.jsonl" in train[run] and "--vocab-map" not in train[run]
     # one generate job and one vocab_map job for the pair, shared by every run that needs them
     assert sum(f"--out {gen}" in c for c in cmds) == 1 and sum(f"--out {vmap}" in c for c in cmds) == 1
@@ -73,7 +74,7 @@ def test_cli_error_names_the_option(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dwakd.cli", "train", "--run", "ghost", "--models", "x", "--data", "y",
                         "--out", str(tmp_path)], capture_output=True, text=True, env=_env())
     assert r.returncode == 2
-    assert "run 'ghost' is not in methods" in r.stderr
+    assert "run 'ghost' is not in runs" in r.stderr
 
 
 @pytest.mark.slow
@@ -81,7 +82,7 @@ def test_tiny_profile_runs_end_to_end(tiny_run):
     """The real tiny run (CI runs it; the session's ``tiny_run``): builds a tiny pair from scratch, trains SFT,
     every baseline and DWA-KD, evaluates, reports."""
     tmp_path = tiny_run
-    tables = tmp_path / "results" / "tiny" / "tables"
+    tables = tmp_path / "results" / "tiny" / "tiny" / "tables"
     md = (tables / "main.md").read_text()
     sections = md.split("## ")[1:]  # ROUGE-L, then bits per byte
     assert len(sections) == 2
@@ -93,11 +94,11 @@ def test_tiny_profile_runs_end_to_end(tiny_run):
     ablation = (tables / "ablation.md").read_text()
     rows = [ln.split("|")[1].strip() for ln in ablation.split("## ")[1].splitlines() if ln.startswith("| ")]
     assert rows[1:] == ["DSKD-CMA", "w/ bDTW", "DWA-KD"], rows  # header first; the profile's order, no floor
-    tiny = tmp_path / "results" / "tiny"
-    gen = tiny / "generated" / "teacher_train.jsonl"
+    results, tiny = tmp_path / "results" / "tiny", tmp_path / "results" / "tiny" / "tiny"
+    gen = results / "teachers" / "qwen2" / "generated" / "teacher_train.jsonl"
     assert len(gen.read_text().splitlines()) == 64
     assert f"train_file: {gen.relative_to(tmp_path)}" in (tiny / "runs" / "seqkd" / "resolved_config.yaml").read_text()
-    vmap = tiny / "vocab_maps" / "teacher_to_student.json"
+    vmap = results / "vocab_maps" / "qwen2__llama.json"
     assert f"vocab_map: {vmap.relative_to(tmp_path)}" in (tiny / "runs" / "mined" / "resolved_config.yaml").read_text()
     for col in ("Dolly", "SelfInst", "VicunaEval", "S-NI", "Avg"):
         assert col in md
@@ -109,9 +110,9 @@ def test_tiny_profile_runs_end_to_end(tiny_run):
     eff = (tables / "efficiency.md").read_text()
     assert all(f"| {m} " in eff for m in ("SFT", "DSKD-CMA", "DWA-KD", "w/ bDTW"))
     assert (tables / "train_curves.csv").read_text().startswith("run,method,step,term,value\n")
-    run = tmp_path / "results" / "tiny" / "runs" / "sft"
+    run = tiny / "runs" / "sft"
     assert (run / "resolved_config.yaml").exists() and (run / "selection.json").exists()
-    ev = json.loads((tmp_path / "results" / "tiny" / "eval" / "sft" / "dolly.json").read_text())
+    ev = json.loads((tiny / "eval" / "sft" / "dolly.json").read_text())
     assert set(ev["seeds"]) == {"10", "20"} and len(ev["seeds"]["10"]["generations"]) == 6
     # a second invocation has nothing to do
     r = snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny", "-n")
@@ -126,7 +127,7 @@ def test_tiny_profile_runs_end_to_end(tiny_run):
     assert "rule data:" not in out and "rule train:" not in out and "rule generate:" not in out
     # the maintainers' rebuild target packs the built pair like dwakd/assets/mini
     snakemake("--cores", "2", "-d", str(tmp_path), "--config", "profile=tiny", "--", "ship")
-    shipped = tmp_path / "results" / "tiny" / "build" / "shipped"
+    shipped = tiny / "build" / "shipped"
     from dwakd.data import verify_checksums
 
     verify_checksums(shipped)
@@ -156,7 +157,7 @@ def test_mini_default_target_leaves_the_ablation_table_to_its_own_target(tmp_pat
         return {c.split("--run ")[1].split()[0] for c in cmds if " train " in c}, out
 
     runs, out = jobs()
-    assert runs == {"sft", "seqkd", "uld", "mined", "dskd_cma", "dskd_eta", "cma_ga", "dwakd"}
-    assert "results/tables/ablation.md" not in out
+    assert runs == {"sft", "seqkd", "uld", "mined", "multilevel_ot", "dskd_cma", "dskd_eta", "cma_ga", "dwakd"}
+    assert "results/mini/tables/ablation.md" not in out
     runs, out = jobs("ablation")
-    assert {"dwakd_w_ew", "dwakd_srkl", "dskd_cma", "dwakd"} <= runs and "results/tables/ablation.md" in out
+    assert {"dwakd_w_ew", "dwakd_srkl", "dskd_cma", "dwakd"} <= runs and "results/mini/tables/ablation.md" in out

@@ -1,9 +1,11 @@
 """The method contract: every distillation method is one small class built on ``Method``.
 
-A method declares its ``Config`` (a dataclass whose defaults are the paper's, each with its source), a
-citation, which model outputs it needs, creates its trainable parts (projectors, discriminators) in
-``__init__``, and computes ``loss(batch, student_out, teacher_out)``. The training loop runs each model's
-forward once per step and hands the outputs over; the method never calls a model itself.
+A method declares its ``Config`` (a dataclass whose defaults are the paper's, each with its source; built from
+a run's ``config`` by ``dwakd.settings.from_dict``, its ``validate`` checking the ranges with ``check_kd`` and
+``dwakd.settings.check_range`` / ``check_choice``), a citation, its capabilities, which model outputs it needs,
+creates its trainable parts (projectors, discriminators) in ``__init__``, and computes
+``loss(batch, student_out, teacher_out)``. The training loop runs each model's forward once per step and hands
+the outputs over; the method never calls a model itself.
 
 ``loss`` returns the **token-summed** loss and a dict of token-summed terms; the loop divides both by the
 number of response tokens in the whole (accumulated, all-process) batch, so every term is a per-token mean
@@ -12,32 +14,17 @@ over the global batch (DSKD's normalisation) and gradient accumulation / data pa
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from dwakd.config import check_options, option_fields
 from dwakd.errors import ConfigError
+from dwakd.losses.divergences import DIVERGENCES
 from dwakd.models import LMOutput
+from dwakd.settings import check_choice, check_range
 
-__all__ = ["ConfigError", "Method", "build_config"]
-
-
-def build_config(cls: type, overrides: dict[str, Any] | None, where: str) -> Any:
-    """Instantiate the dataclass ``cls`` from ``overrides``; unknown keys, wrong types and values outside a
-    field's fixed choices name the key (``dwakd.config.check_options``: the same check as the dry run's)."""
-    overrides = dict(overrides or {})
-    check_options(where, overrides, option_fields(cls), cls.__name__)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for k, v in overrides.items():
-        if isinstance(fields[k].default, float) and isinstance(v, int):
-            overrides[k] = float(v)
-    cfg = cls(**overrides)
-    if hasattr(cfg, "validate"):
-        cfg.validate(where)
-    return cfg
+__all__ = ["Method", "check_kd", "require_offsets", "require_teacher", "require_tokenizers"]
 
 
 class Method(nn.Module):
@@ -52,9 +39,18 @@ class Method(nn.Module):
     teacher_outputs: ClassVar[frozenset[str]] = frozenset()
     #: does the method read the teacher's tokenisation of each sample (cross-tokenizer batches)?
     needs_teacher_tokens: ClassVar[bool] = False
+    # Capabilities: what the workflow, ``dwakd train`` and ``dwakd attention`` ask of a method (through
+    # ``dwakd.registry.specs`` where torch must not be imported), never which method it is.
     #: what the method trains on: "gold" (the data's responses) or "teacher" (``dwakd generate``'s teacher
     #: samples, passed to ``dwakd train --train-file``; the workflow does it for the runs of such methods)
     train_data: ClassVar[str] = "gold"
+    #: does it read a teacher → student vocabulary map (``dwakd vocab-map``; its Config's ``vocab_map`` field,
+    #: set by ``dwakd train --vocab-map``, which the workflow passes to the runs of such methods)?
+    needs_vocab_map: ClassVar[bool] = False
+    #: does it compute a cross-model attention, ``terms(batch, student_out, teacher_out, return_attention=True)
+    #: .cma.a_t2s`` (``dwakd.methods.dual_space``)? ``dwakd attention`` draws and probes its maps
+    cross_model_attention: ClassVar[bool] = False
+    CAPABILITIES: ClassVar[tuple[str, ...]] = ("train_data", "needs_vocab_map", "cross_model_attention")
     #: readable names of the loss terms that ``loss`` logs (term → label): the panel titles of the training-curve
     #: figure (``dwakd figures``), over ``dwakd.figures.TERM_TITLES``; a term without one keeps that title
     term_labels: ClassVar[dict[str, str]] = {}
@@ -77,3 +73,38 @@ class Method(nn.Module):
 
     def on_step(self, progress: float) -> None:
         """Called before each optimiser step with the training progress in [0, 1] (for schedules)."""
+
+
+# ------------------------------------------------------------------------------------ start-up checks
+
+def require_teacher(name: str, teacher) -> None:
+    if teacher is None:
+        raise ConfigError(f"{name}: needs a teacher model (the method distils from one); got none")
+
+
+def require_tokenizers(name: str, student_tokenizer, teacher_tokenizer, why: str) -> None:
+    """Fail at start-up when a method that reads token strings was built without both tokenizers."""
+    missing = [r for r, t in (("student", student_tokenizer), ("teacher", teacher_tokenizer)) if t is None]
+    if missing:
+        raise ConfigError(f"{name}: needs both tokenizers ({why}); the {' and '.join(missing)} tokenizer is "
+                          f"missing")
+
+
+def require_offsets(name: str, tokenizer, role: str, instead: str) -> None:
+    """Fail at start-up unless ``tokenizer`` can return character offsets (a fast tokenizer)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            f"{name}: the {role} tokenizer ({type(tokenizer).__name__}) cannot return character offsets "
+            f"(return_offsets_mapping needs a fast, Rust-backed tokenizer); {instead}")
+
+
+# ------------------------------------------------------------------------------------ config checks
+
+def check_kd(cfg, where: str) -> None:
+    """The fields every KD config shares (``validate``): kd_rate ∈ [0, 1], temperature > 0, a known divergence."""
+    if hasattr(cfg, "kd_rate"):
+        check_range(where, "kd_rate", cfg.kd_rate, 0.0, 1.0)
+    if hasattr(cfg, "temperature"):
+        check_range(where, "temperature", cfg.temperature, 0.0, lo_open=True)
+    if hasattr(cfg, "divergence"):
+        check_choice(where, "divergence", cfg.divergence, DIVERGENCES)

@@ -1,5 +1,6 @@
-"""DWA-KD — dual-space entropy-weighted KD plus banded Soft-DTW sequence alignment (arXiv 2602.21669), on top
-of DSKD-CMA (``baselines.dskd_cma``: same cross-model attention, projectors, z_t2s / z_s2t and L_ce_t2s).
+"""DWA-KD — dual-space entropy-weighted KD plus banded Soft-DTW sequence alignment (arXiv 2602.21669), built on
+DSKD-CMA's cross-model attention and dual-space terms (``dwakd.methods.dual_space``: the same attention,
+projectors, z_t2s / z_s2t and L_ce_t2s as the DSKD-CMA baseline, which uses the same component).
 
 Token level (docs/methods.md "DWA-KD"), over the student's response positions i and the teacher's j::
 
@@ -76,7 +77,7 @@ variant is a ``VariantFlags`` (``FLAGS[variant]``). Logged terms (token-summed, 
 ``ce_t2s``, ``kd_stu``, ``kd_tea`` (weighted, as they enter the loss), ``dtw_emb``, ``dtw_hid`` (0 where the variant
 has no such term), ``t2s_acc`` and ``conf_t2s`` (Σ_i max_v p_t2s(v|i): the mean gate after the loop's division). The
 CMA attention for heatmaps: ``method.terms(batch, student_out, teacher_out, return_attention=True).cma.a_t2s``
-(inherited from DSKD-CMA).
+(``CrossModelAttentionMixin``: the method has a cross-model attention).
 
 Not taken from the unofficial code: its 300-step linear warm-up of the gate, its optional DTW / band warm-ups
 (off by default there) and its slicing of the first S_b / T_b positions of each padded row (as we read it, the
@@ -88,19 +89,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines._common import check_choice, check_kd, check_range
-from baselines.dskd_cma import CMATerms, DSKDCMA, dual_space_cma_terms, model_dims
 from dwakd.align.cma import next_token_targets
 from dwakd.errors import ConfigError
 from dwakd.losses.chunked import rows_for, rowwise
 from dwakd.losses.softdtw import cosine_cost, soft_dtw
+from dwakd.methods.base import Method, check_kd
+from dwakd.methods.dual_space import CMATerms, CrossModelAttentionMixin, cma_terms_per_position, model_dims
 from dwakd.registry import register
+from dwakd.settings import check_choice, check_range
 
 __all__ = ["DWAKD", "DWAKDConfig", "FLAGS", "VARIANTS", "VariantFlags", "band_geometry", "entropy", "gamma_at",
            "gather_left", "rescale_per_sequence", "response_attention", "soft_band"]
@@ -264,18 +265,16 @@ def soft_band(a: torch.Tensor, len_s: torch.Tensor, len_t: torch.Tensor, width: 
 # ---------------------------------------------------------------------------------------------------- the method
 
 @register
-class DWAKD(DSKDCMA):
+class DWAKD(CrossModelAttentionMixin, Method):
     """DWA-KD (see the module docstring): DSKD-CMA's terms, entropy-weighted, plus banded Soft-DTW."""
 
     name = "dwakd"
     Config = DWAKDConfig
     citation = ("DWA-KD: dual-space entropy weighting and banded Soft-DTW alignment for cross-tokenizer knowledge "
                 "distillation, arXiv 2602.21669; builds on DSKD-CMA (Zhang et al., EMNLP 2024, arXiv 2406.17328).")
-    student_outputs: ClassVar[frozenset[str]] = frozenset({"hidden", "embeds"})
-    teacher_outputs: ClassVar[frozenset[str]] = frozenset({"hidden", "embeds"})
 
     def __init__(self, cfg, student, teacher=None, student_tokenizer=None, teacher_tokenizer=None):
-        super().__init__(cfg, student, teacher, student_tokenizer, teacher_tokenizer)
+        super().__init__(cfg, student, teacher, student_tokenizer, teacher_tokenizer)  # the CMA (initialised first)
         self.flags = FLAGS[cfg.variant]
         self.kd_divergence = self.flags.divergence or cfg.divergence
         self.gamma = cfg.gamma_start
@@ -285,9 +284,9 @@ class DWAKD(DSKDCMA):
 
     def terms(self, batch, student_out, teacher_out, return_attention: bool = False) -> CMATerms:
         """DSKD-CMA's terms, with the per-position KD values (``kd_stu_pos`` with this variant's divergence)."""
-        return dual_space_cma_terms(self.cma, *self._models, *self.pads, batch, student_out, teacher_out,
-                                    divergence_name=self.kd_divergence, temperature=self.cfg.temperature,
-                                    return_attention=return_attention, per_position=True)
+        return cma_terms_per_position(self.cma, *self._models, *self.pads, batch, student_out, teacher_out,
+                                      divergence_name=self.kd_divergence, temperature=self.cfg.temperature,
+                                      return_attention=return_attention)
 
     def on_step(self, progress: float) -> None:
         self.gamma = gamma_at(progress, self.cfg.gamma_start, self.cfg.gamma_end)
@@ -382,7 +381,7 @@ class DWAKD(DSKDCMA):
         w_s, w_t, conf = self.token_weights(t, t.student_rows, t.teacher_rows)  # the rows DSKD-CMA's terms read
         if f.acc_mask:  # DSKD-CMA's accuracy mask (the w_* ablations only)
             w_s = w_s * t.acc
-        kd_stu = (w_s * t.kd_stu_pos).sum()  # the per-position values computed once, by dual_space_cma_terms
+        kd_stu = (w_s * t.kd_stu_pos).sum()  # the per-position values computed once, by cma_terms_per_position
         kd_tea = (w_t * t.kd_tea_pos).sum()
         dtw_emb, dtw_hid = self.dtw_terms(batch, student_out, teacher_out, t)
         loss = (c.ce_rate * t.ce + c.wkd_rate * (t.ce_t2s + kd_stu + kd_tea)

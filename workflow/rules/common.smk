@@ -23,14 +23,19 @@ from dwakd.files import RECEIPT, quick_check  # noqa: E402  (torch-free)
 # file, or the `--config KEY=VALUE` override), the key, what was expected. Checked: the schema, the
 # cross-references (profile -> pairs, sets, runs), each run's method and options against the registered methods'
 # Config dataclasses (read in a subprocess, cached until the code changes: this process never imports torch).
+METHOD_SPECS = C.method_specs()  # each registered method's options and capabilities (Method.CAPABILITIES)
 try:
-    C.check_all(config, C.method_specs())
+    C.check_all(config, METHOD_SPECS)
 except C.ConfigError as e:
     _files = [Path(workflow.basedir) / "config" / "config.yaml", *workflow.config_settings.configfiles]
     sys.exit(C.locate(str(e), _files, {k: f"--config {k}={v}" for k, v in workflow.config_settings.config.items()}))
+if METHOD_SPECS is None:
+    sys.exit("dwakd: the workflow asks each run's method what it trains on and whether it reads a vocabulary map "
+             "(dwakd.registry.specs), and the method registry did not import (see the note above): run Snakemake "
+             "where `python -m dwakd.registry` works (the dwakd environment)")
 PROFILE_NAME = config["profile"]
-PROFILE = config["profiles"][PROFILE_NAME]
-PAIRS = C.profile_pairs(PROFILE)
+PROFILE = C.profile(config)  # the profile over `defaults`
+PAIRS = PROFILE["pairs"]
 # the result tables: main (copy floor, teacher, main_table) and, if the profile lists runs, ablation; the default
 # target builds DEFAULT_TABLES (ablation too unless the profile's `ablation_in_all` is false: `snakemake ablation`)
 TABLES = C.tables(PROFILE)
@@ -41,29 +46,21 @@ EVAL_SETS = PROFILE["eval"]["sets"]
 LOCAL_SETS = [s for s in EVAL_SETS if s != "unni"]
 RUNS = C.table_runs(PROFILE)  # every run of the default target's tables, once
 
-# Layout. One pair (`pair:`): everything under R. Several (`pairs:`): the data under R, each pair's models, runs,
-# evaluations, tables and figures under P = R/<pair>, and what depends on the teacher only (its fine-tuned model,
-# its samples) under R/teachers/<teacher name>, shared by the pairs with that teacher; the MinED vocabulary maps
-# under R/vocab_maps/<teacher>__<student tokenizer>.json, shared by the pairs with those tokenizers.
-MULTI = "pairs" in PROFILE
-P = f"{R}/{{pair}}" if MULTI else R
-GENERATED = f"{R}/teachers/{{teacher}}/generated/teacher_train.jsonl" if MULTI else f"{R}/generated/teacher_train.jsonl"
-VOCAB_MAP = f"{R}/vocab_maps/{{vmap}}.json" if MULTI else f"{R}/vocab_maps/teacher_to_student.json"
-# the per-teacher / per-map part of the shared jobs' log names ("" with one pair)
-TEACHER_PART, VMAP_PART = ("_{teacher}", "_{vmap}") if MULTI else ("", "")
+# Layout (every profile, one pair or several): the data under R; each pair's models, runs, evaluations, tables and
+# figures under P = R/<pair>; what depends on the teacher only (its fine-tuned model, its samples, its evaluation)
+# under R/teachers/<teacher name>, shared by the pairs with that teacher; the MinED vocabulary maps under
+# R/vocab_maps/<teacher>__<student tokenizer>.json, shared by the pairs with those tokenizers.
+P = f"{R}/{{pair}}"
+GENERATED = f"{R}/teachers/{{teacher}}/generated/teacher_train.jsonl"
+VOCAB_MAP = f"{R}/vocab_maps/{{vmap}}.json"
 TEACHER_OF = {p: C.teacher_name(config["pairs"][p]) for p in PAIRS}
 VMAP_OF = {p: C.vocab_map_name(config["pairs"][p]) for p in PAIRS}
-if MULTI:
-
-    wildcard_constraints:
-        pair="|".join(re.escape(p) for p in PAIRS),
-        teacher="|".join(re.escape(t) for t in set(TEACHER_OF.values())),
-        vmap="|".join(re.escape(v) for v in set(VMAP_OF.values())),
 
 
-def pair_of(w):
-    """The pair of a job: its `pair` wildcard, or the profile's only pair."""
-    return w.get("pair", PAIRS[0])
+wildcard_constraints:
+    pair="|".join(re.escape(p) for p in PAIRS),
+    teacher="|".join(re.escape(t) for t in set(TEACHER_OF.values())),
+    vmap="|".join(re.escape(v) for v in set(VMAP_OF.values())),
 
 
 def pdir(pair):
@@ -198,26 +195,25 @@ def parent(path, levels=1):
     return path
 
 
-# Which runs need the per-pair inputs of workflow/rules/per_pair.smk. The Snakefile cannot ask the registry
-# (that imports torch), so the method names are listed here; `dwakd train` refuses a SeqKD run whose training
-# file does not come from `dwakd generate`.
-TEACHER_DATA_METHODS = {"seqkd"}  # methods whose `train_data` is "teacher"
-VOCAB_MAP_METHODS = {"mined"}  # methods whose Config has a `vocab_map` field
-
-
-def run_method(run):
-    return config["methods"][run]["method"]
+# Which runs need the per-pair inputs of workflow/rules/per_pair.smk: the workflow asks the run's method
+# (its capabilities in METHOD_SPECS), never which method it is. `dwakd train` refuses a run on teacher samples
+# whose training file does not come from `dwakd generate`.
+def capability(run, name):
+    """A capability of a run's method (``Method.CAPABILITIES``: train_data, needs_vocab_map, ...)."""
+    return METHOD_SPECS[config["runs"][run]["method"]][name]
 
 
 def train_file(w):
-    """The training JSONL of a run: the teacher's generations for SeqKD, else the gold training data."""
-    if run_method(w.run) in TEACHER_DATA_METHODS:
-        return GENERATED.format(teacher=TEACHER_OF[pair_of(w)])
+    """The training JSONL of a run: the teacher's generations for a method that trains on them (SeqKD), else the
+    gold training data."""
+    if capability(w.run, "train_data") == "teacher":
+        return GENERATED.format(teacher=TEACHER_OF[w.pair])
     return rules.data.output.train
 
 
 def run_vocab_map(w):
-    return VOCAB_MAP.format(vmap=VMAP_OF[pair_of(w)]) if run_method(w.run) in VOCAB_MAP_METHODS else []
+    """The pair's vocabulary map for a method that reads one (MinED), else nothing."""
+    return VOCAB_MAP.format(vmap=VMAP_OF[w.pair]) if capability(w.run, "needs_vocab_map") else []
 
 
 def vocab_map_arg(w, input):
@@ -254,7 +250,7 @@ def teacher_key(pair):
 def models_input(w):
     """The `models` rule's inputs: the built teacher and student (self-built pairs built in the run), the
     fine-tuned published teacher (hub pairs whose teacher has `sft`), else nothing."""
-    pair = pair_of(w)
+    pair = w.pair
     if is_hub(pair):
         t = TEACHER_OF[pair]
         return {"teacher": f"{R}/teachers/{t}/model"} if t in HUB_SFT_TEACHERS else {}
@@ -268,14 +264,9 @@ def models_args(w, input):
     return " ".join(f"--{k} {v}" for k, v in input.items())
 
 
-def job_teacher(w):
-    """The teacher of a job: its `teacher` wildcard, or the only pair's teacher."""
-    return w.get("teacher", TEACHER_OF[PAIRS[0]])
-
-
 def teacher_pair(w):
     """The first pair with this job's teacher: its settings and models stand for the teacher's (the same in all)."""
-    return first_pair(TEACHER_OF, job_teacher(w))
+    return first_pair(TEACHER_OF, w.teacher)
 
 
 def teacher_models(w):
@@ -288,16 +279,12 @@ def generate_models(w):
 
 
 def vocab_map_models(w):
-    return f"{pdir(first_pair(VMAP_OF, w.get('vmap', VMAP_OF[PAIRS[0]])))}/models"
+    return f"{pdir(first_pair(VMAP_OF, w.vmap))}/models"
 
 
 def eval_model_input(w):
-    """The model folder a row of the table is read from ('copy' needs none)."""
-    if w.model == "copy":
-        return []
-    if w.model == "teacher":
-        return rules.models.output
-    return f"{P}/runs/{w.model}/{RECEIPT}"  # the receipt of the run's model folder (rule train)
+    """The model folder a row of the table is read from ('copy' needs none; the teacher: rule teacher_eval)."""
+    return [] if w.model == "copy" else f"{pdir(w.pair)}/runs/{w.model}/{RECEIPT}"  # the run's receipt (rule train)
 
 
 def teacher_dtype(pair):
@@ -305,16 +292,8 @@ def teacher_dtype(pair):
     return config["pairs"][pair]["teacher"].get("dtype", "float32")
 
 
-def eval_dtype(w):
-    return teacher_dtype(pair_of(w)) if w.model == "teacher" else "float32"
-
-
 def eval_model_arg(w, input):
-    if w.model == "copy":
-        return "copy"
-    if w.model == "teacher":
-        return f"{input.model}/teacher"
-    return f"{parent(input.model)}/model"
+    return "copy" if w.model == "copy" else f"{parent(input.model)}/model"
 
 
 def table_models(w):

@@ -23,8 +23,7 @@ rule attention:
         probe=multiext(f"{P}/tables/alignment_probe", ".csv", ".md", ".tex"),
     params:
         cfg=CFG,
-        pair=pair_of,
-        key=digest(FIGURES, {r: config["methods"][r] for r in FIG_RUNS}, PROFILE["train"]),
+        key=digest(FIGURES, {r: config["runs"][r] for r in FIG_RUNS}, PROFILE["train"]),
         runs=lambda w, input: parent(input.runs[0], 2) if input.runs else "runs",
         data=lambda w, input: parent(input.data),
         out=lambda w, output: parent(output.attention),
@@ -38,7 +37,7 @@ rule attention:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} dwakd attention --config {params.cfg} --pair {params.pair} --models {input.models} "
+        "OMP_NUM_THREADS={threads} dwakd attention --config {params.cfg} --pair {wildcards.pair} --models {input.models} "
         "--runs {params.runs} --data {params.data} --out {params.out} > {log} 2>&1"
 
 

@@ -32,8 +32,7 @@ if BUILT:
             directory(f"{P}/tokenizers"),
         params:
             cfg=CFG,
-            pair=pair_of,
-            key=lambda w: digest(config["pairs"][pair_of(w)].get("tokenizers")),
+            key=lambda w: digest(config["pairs"][w.pair].get("tokenizers")),
         log:
             f"{P}/logs/tokenizers.log",
         benchmark:
@@ -41,7 +40,7 @@ if BUILT:
         conda:
             ENV
         shell:
-            "dwakd tokenizers --config {params.cfg} --pair {params.pair} --out {output} > {log} 2>&1"
+            "dwakd tokenizers --config {params.cfg} --pair {wildcards.pair} --out {output} > {log} 2>&1"
 
     rule pretrain:
         input:
@@ -53,10 +52,9 @@ if BUILT:
             role="teacher|student",
         params:
             cfg=CFG,
-            pair=pair_of,
-            key=lambda w: digest(config["pairs"][pair_of(w)][w.role],
-                                 config["pairs"][pair_of(w)].get("build", {}).get(f"{w.role}_pretrain"),
-                                 config["pairs"][pair_of(w)].get("build", {}).get(f"{w.role}_text")),
+            key=lambda w: digest(config["pairs"][w.pair][w.role],
+                                 config["pairs"][w.pair].get("build", {}).get(f"{w.role}_pretrain"),
+                                 config["pairs"][w.pair].get("build", {}).get(f"{w.role}_text")),
             out=lambda w, output: parent(output[0]),
         threads: JOB_THREADS
         resources:
@@ -68,7 +66,7 @@ if BUILT:
         conda:
             ENV
         shell:
-            "OMP_NUM_THREADS={threads} dwakd pretrain --config {params.cfg} --pair {params.pair} "
+            "OMP_NUM_THREADS={threads} dwakd pretrain --config {params.cfg} --pair {wildcards.pair} "
             "--role {wildcards.role} "
             "--data {input.data} --tokenizers {input.tokenizers} --out {params.out} --resume > {log} 2>&1"
 
@@ -80,8 +78,7 @@ if BUILT:
             directory(f"{P}/build/teacher_sft/model"),
         params:
             cfg=CFG,
-            pair=pair_of,
-            key=lambda w: digest(config["pairs"][pair_of(w)].get("build", {}).get("teacher_sft")),
+            key=lambda w: digest(config["pairs"][w.pair].get("build", {}).get("teacher_sft")),
             out=lambda w, output: parent(output[0]),
         threads: JOB_THREADS
         resources:
@@ -93,19 +90,23 @@ if BUILT:
         conda:
             ENV
         shell:
-            "OMP_NUM_THREADS={threads} dwakd pretrain --config {params.cfg} --pair {params.pair} --role teacher_sft "
+            "OMP_NUM_THREADS={threads} dwakd pretrain --config {params.cfg} --pair {wildcards.pair} --role teacher_sft "
             "--data {input.data} --init {input.init} --out {params.out} --resume > {log} 2>&1"
 
     rule ship:
         # Maintainers: `snakemake --cores all --config rebuild_models=true -- ship`, then replace
-        # dwakd/assets/<pair> with the folder it writes (bf16 weights, tokenizers, card, SHA256SUMS).
+        # dwakd/assets/<pair> with the folder it writes for each built pair (bf16 weights, tokenizers, card,
+        # SHA256SUMS): <results_dir>/<pair>/build/shipped (rule ship_pair).
+        input:
+            expand(f"{P}/build/shipped", pair=BUILT),
+
+    rule ship_pair:
         input:
             f"{P}/models",
         output:
             directory(f"{P}/build/shipped"),
         params:
             cfg=CFG,
-            pair=pair_of,
         log:
             f"{P}/logs/ship.log",
         benchmark:
@@ -113,7 +114,7 @@ if BUILT:
         conda:
             ENV
         shell:
-            "dwakd ship --config {params.cfg} --pair {params.pair} --teacher {input}/teacher "
+            "dwakd ship --config {params.cfg} --pair {wildcards.pair} --teacher {input}/teacher "
             "--student {input}/student_base --dest {output} > {log} 2>&1"
 
 
@@ -153,9 +154,8 @@ rule models:
         directory(f"{P}/models"),
     params:
         cfg=CFG,
-        pair=pair_of,
-        key=lambda w: digest(config["pairs"][pair_of(w)].get("shipped"), shipped_sums(pair_of(w)),
-                             config["pairs"][pair_of(w)]["student"] if is_hub(pair_of(w)) else None),
+        key=lambda w: digest(config["pairs"][w.pair].get("shipped"), shipped_sums(w.pair),
+                             config["pairs"][w.pair]["student"] if is_hub(w.pair) else None),
         args=models_args,
     log:
         f"{P}/logs/models.log",
@@ -164,4 +164,4 @@ rule models:
     conda:
         ENV
     shell:
-        "dwakd models --config {params.cfg} --pair {params.pair} {params.args} --out {output} > {log} 2>&1"
+        "dwakd models --config {params.cfg} --pair {wildcards.pair} {params.args} --out {output} > {log} 2>&1"

@@ -1,5 +1,5 @@
 # Inputs of distillation runs that depend only on the teacher or the tokenizers (and the training prompts):
-# computed once and shared by every run, and (profiles with several pairs) by every pair, that needs them.
+# computed once and shared by every run and every pair that needs them.
 #   generate   the teacher's sampled responses to the training prompts (SeqKD's training data), per teacher
 #   vocab_map  MinED's teacher -> student vocabulary map, per (teacher, student tokenizer)
 
@@ -27,9 +27,9 @@ rule generate:
     resources:
         gpu=1,
     log:
-        f"{R}/logs/generate{TEACHER_PART}.log",
+        f"{R}/logs/generate_{{teacher}}.log",
     benchmark:
-        f"{R}/benchmarks/generate{TEACHER_PART}.tsv"
+        f"{R}/benchmarks/generate_{{teacher}}.tsv"
     conda:
         ENV
     shell:
@@ -47,9 +47,9 @@ rule vocab_map:
         cfg=CFG,
     threads: JOB_THREADS
     log:
-        f"{R}/logs/vocab_map{VMAP_PART}.log",
+        f"{R}/logs/vocab_map_{{vmap}}.log",
     benchmark:
-        f"{R}/benchmarks/vocab_map{VMAP_PART}.tsv"
+        f"{R}/benchmarks/vocab_map_{{vmap}}.tsv"
     conda:
         ENV
     shell:

@@ -11,7 +11,7 @@ PUBLISHED = [] if not _PUB else [_PUB if os.path.isabs(_PUB) else str(Path(workf
 
 rule report:
     input:
-        evals=lambda w: expand(f"{pdir(pair_of(w))}/eval/{{model}}/{{s}}.json", model=table_models(w), s=EVAL_SETS),
+        evals=lambda w: expand(f"{pdir(w.pair)}/eval/{{model}}/{{s}}.json", model=table_models(w), s=EVAL_SETS),
         published=PUBLISHED,
     output:
         md=f"{P}/tables/{{table}}.md",
@@ -24,7 +24,6 @@ rule report:
         table="|".join(TABLES),
     params:
         cfg=CFG,
-        pair=pair_of,
         key=digest(_REPORT),
         eval_dir=f"{P}/eval",
         out=lambda w, output: parent(output.md),
@@ -36,7 +35,7 @@ rule report:
     conda:
         ENV
     shell:
-        "dwakd report --config {params.cfg} --pair {params.pair} --eval-dir {params.eval_dir} --out {params.out} --table {wildcards.table} "
+        "dwakd report --config {params.cfg} --pair {wildcards.pair} --eval-dir {params.eval_dir} --out {params.out} --table {wildcards.table} "
         "{params.published} > {log} 2>&1"
 
 
@@ -82,7 +81,6 @@ rule efficiency:
                       labels={"table": "training curves", "file": "long format (CSV)"}),
     params:
         cfg=CFG,
-        pair=pair_of,
         key=digest(_REPORT.get("published")),
         runs_dir=lambda w, input: parent(input.models[0], 2),
         out=lambda w, output: parent(output.md),
@@ -94,5 +92,5 @@ rule efficiency:
     conda:
         ENV
     shell:
-        "dwakd efficiency --config {params.cfg} --pair {params.pair} --runs-dir {params.runs_dir} --out {params.out} "
+        "dwakd efficiency --config {params.cfg} --pair {wildcards.pair} --runs-dir {params.runs_dir} --out {params.out} "
         "{params.published} > {log} 2>&1"

@@ -11,8 +11,7 @@ rule train:
         f"{P}/runs/{{run}}/{RECEIPT}",
     params:
         cfg=CFG,
-        pair=pair_of,
-        key=lambda w: digest(config["methods"][w.run], C.train_overrides(config, w.run, pair_of(w)),
+        key=lambda w: digest(config["runs"][w.run], C.train_overrides(config, w.run, w.pair),
                              PROFILE.get("train_limit")),
         out=lambda w, output: parent(output[0]),
         data=lambda w, input: parent(input.dev),
@@ -28,6 +27,6 @@ rule train:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.train_cmd} train --config {params.cfg} --pair {params.pair} --run {wildcards.run} "
+        "OMP_NUM_THREADS={threads} {params.train_cmd} train --config {params.cfg} --pair {wildcards.pair} --run {wildcards.run} "
         "--models {input.models} --data {params.data} --train-file {input.train} {params.vocab_map} "
         "--out {params.out} --resume > {log} 2>&1"

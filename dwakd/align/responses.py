@@ -1,19 +1,22 @@
-"""Helpers shared by the cross-tokenizer baselines (not a method: the registry skips ``_``-modules).
+"""The response tokens of a batch, and aligned token pairs mapped back to logit positions: pure functions of the
+labels (and, for token strings, a tokenizer), shared by the cross-tokenizer methods and ``dwakd attention``.
 
 Position convention (``dwakd.losses.divergences``): logits at position k predict ``labels[:, k + 1]``, so the
 *response positions* of a sequence are the k with ``labels[:, k + 1] != −100`` (``response_mask``). The
 student's response-token count ``(labels[:, 1:] != −100).sum()`` is what the training loop divides every
-token-summed term by.
+token-summed term by (``n_response_tokens``). Pairs are always ``(student, teacher)``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dwakd.errors import ChoiceError, ConfigError
-from dwakd.losses.divergences import DIVERGENCES, IGNORE
+from dwakd.align.tokens import exact_token_alignment
 
-ALTERNATIVES = "mined, uld, dskd_cma, dskd_eta or cma_ga"
+IGNORE = -100
+
+__all__ = ["aligned_positions", "aligned_tensors", "eta_pairs", "n_response_tokens", "response_mask",
+           "response_tokens", "sample_pairs", "tokens_of"]
 
 
 def response_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -21,6 +24,11 @@ def response_mask(labels: torch.Tensor) -> torch.Tensor:
     m = torch.zeros_like(labels, dtype=torch.bool)
     m[:, :-1] = labels[:, 1:] != IGNORE
     return m
+
+
+def n_response_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """The student's response-token count of a micro-batch (what the loop sums into its divisor)."""
+    return (labels[:, 1:] != IGNORE).sum()
 
 
 def response_tokens(labels_row) -> tuple[list[int], list[int]]:
@@ -78,67 +86,11 @@ def tokens_of(tokenizer, ids: list[int]) -> list[str]:
     return [t if t is not None else "" for t in tokenizer.convert_ids_to_tokens(ids)]
 
 
-def n_response_tokens(labels: torch.Tensor) -> torch.Tensor:
-    """The student's response-token count of a micro-batch (what the loop sums into its divisor)."""
-    return (labels[:, 1:] != IGNORE).sum()
-
-
-# ------------------------------------------------------------------------------------ start-up checks
-
-def require_teacher(name: str, teacher) -> None:
-    if teacher is None:
-        raise ConfigError(f"{name}: needs a teacher model (the method distils from one); got none")
-
-
-def require_tokenizers(name: str, student_tokenizer, teacher_tokenizer, why: str) -> None:
-    """Fail at start-up when a method that reads token strings was built without both tokenizers."""
-    missing = [r for r, t in (("student", student_tokenizer), ("teacher", teacher_tokenizer)) if t is None]
-    if missing:
-        raise ConfigError(f"{name}: needs both tokenizers ({why}); the {' and '.join(missing)} tokenizer is "
-                          f"missing")
-
-
-def require_offsets(name: str, tokenizer, role: str, instead: str) -> None:
-    """Fail at start-up unless ``tokenizer`` can return character offsets (a fast tokenizer)."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError(
-            f"{name}: the {role} tokenizer ({type(tokenizer).__name__}) cannot return character offsets "
-            f"(return_offsets_mapping needs a fast, Rust-backed tokenizer); {instead}")
-
-
-def pad_id(tokenizer, model) -> int:
-    """The pad id used for ``e(y)`` lookups: the tokenizer's, else the model config's, else EOS, else 0."""
-    for src in (tokenizer, getattr(model, "config", None)):
-        for attr in ("pad_token_id", "eos_token_id"):
-            v = getattr(src, attr, None) if src is not None else None
-            if isinstance(v, int):
-                return v
-    return 0
-
-
-# ------------------------------------------------------------------------------------ config checks
-
-def check_range(where: str, field: str, value: float, lo: float, hi: float | None = None,
-                lo_open: bool = False) -> None:
-    bad = value <= lo if lo_open else value < lo
-    if hi is not None:
-        bad = bad or value > hi
-    if bad:
-        rng = f"{'(' if lo_open else '['}{lo}, {hi}]" if hi is not None else f"{'>' if lo_open else '>='} {lo}"
-        raise ConfigError(f"{where}.{field}: expected a value {'in ' if hi is not None else ''}{rng}, got {value!r}")
-
-
-def check_choice(where: str, field: str, value: str, choices) -> None:
-    """``value`` one of ``choices``; the ChoiceError carries them, so that the dry run knows them too."""
-    if value not in choices:
-        raise ChoiceError(f"{where}.{field}: expected one of {sorted(choices)}, got {value!r}", field, choices)
-
-
-def check_kd(cfg, where: str) -> None:
-    """The fields every KD config shares: kd_rate ∈ [0, 1], temperature > 0, a known divergence."""
-    if hasattr(cfg, "kd_rate"):
-        check_range(where, "kd_rate", cfg.kd_rate, 0.0, 1.0)
-    if hasattr(cfg, "temperature"):
-        check_range(where, "temperature", cfg.temperature, 0.0, lo_open=True)
-    if hasattr(cfg, "divergence"):
-        check_choice(where, "divergence", cfg.divergence, DIVERGENCES)
+def eta_pairs(student_tokenizer, teacher_tokenizer, student_ids: list[int], teacher_ids: list[int]
+              ) -> list[tuple[int, int]]:
+    """ETA's aligned ``(i, j)`` pairs of two id sequences of the same text (DSKD-ETA's rule, arXiv 2504.11426):
+    ``exact_token_alignment`` on their token strings, either tokenizer's EOS counting as EOS. DSKD-ETA's
+    alignment and the ground truth of ``dwakd attention``'s token-alignment probe."""
+    eos = frozenset({student_tokenizer.eos_token, teacher_tokenizer.eos_token})
+    return exact_token_alignment(tokens_of(student_tokenizer, student_ids), tokens_of(teacher_tokenizer, teacher_ids),
+                                 eos=eos)
