@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     size = {s: sum(1 for _ in open(args.data / f"{s}.jsonl")) for s in set_names}
     k_now = len(json.loads((base_dir / f"{set_names[0]}.json").read_text())["seeds"])
     print(f"sets {', '.join(f'{s} ({size[s]})' for s in set_names)}; {k_now} seeds; baseline {args.baseline}")
-    print(f"{'run':10s} {'diff':>7s} {'mdd now':>8s} {'all n':>7s} {'all n 2K':>9s} {'x gens':>7s}")
+    print(f"{'run':14s} {'diff':>7s} {'mdd now':>8s} {'all n':>7s} {'all n 2K':>9s} {'x gens':>7s}")
     for run_dir in sorted(p for p in args.eval_dir.iterdir() if p.is_dir() and p.name != args.baseline):
         if not all((run_dir / f"{s}.json").is_file() for s in set_names):
             continue
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
         full = avg_mdd(sets, lambda c: c["size"], k_now)
         full2 = avg_mdd(sets, lambda c: c["size"], 2 * k_now)
         grow = (now / abs(diff)) ** 2 if diff else float("inf")  # se ~ 1/sqrt(generations) at fixed K/n ratio
-        print(f"{run_dir.name:10s} {diff:+7.3f} {now:8.3f} {full:7.3f} {full2:9.3f} {grow:7.1f}")
+        print(f"{run_dir.name:14s} {diff:+7.3f} {now:8.3f} {full:7.3f} {full2:9.3f} {grow:7.1f}")
 
 
 if __name__ == "__main__":

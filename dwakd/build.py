@@ -106,6 +106,54 @@ suite's default run. Not a useful language model.
 """
 
 
+def build_pair_model(cfg: dict, pair: str | None, role: str, data: Path, out: Path, *, init: Path | None = None,
+                     tokenizers: Path | None = None, dev: Path | None = None, resume: bool = False):
+    """Build one model of ``pair`` into ``out`` (``dwakd pretrain``): ``role`` "teacher" or "student" pre-trains a
+    self-built model from scratch on ``data`` with the tokenizer in ``tokenizers/<role>``; "teacher_sft"
+    fine-tunes the self-built teacher in ``init``, or a published teacher with its ``sft`` settings (dev-set
+    selection on ``dev`` when those ask for it). Writes ``out/resolved_config.yaml``; returns the model folder."""
+    from dwakd import config as C
+    from dwakd.data import load_jsonl
+    from dwakd.hub import model_source
+    from dwakd.run import load_pair_model
+    from dwakd.train import make_dev_scorer, process_state
+
+    name = C.pair_name(cfg, pair)
+    p = C.pair(cfg, name)
+    b = p.get("build", {})
+    records = load_jsonl(data)
+    out = Path(out)
+    seed = C.profile(cfg)["train"].get("seed", 10)
+    if role == "teacher_sft" and "arch" not in p["teacher"]:
+        if "sft" not in p["teacher"]:
+            raise C.ConfigError(f"pairs.{name}.teacher: no `sft` settings; this teacher is used as published")
+        # under the profile's launcher: one process per GPU, each on its own device
+        model, tok = load_pair_model(model_source(p["teacher"], f"pairs.{name}.teacher"), p["teacher"], "trained",
+                                     process_state().device, f"pairs.{name}.teacher")
+        tcfg = from_dict(TrainConfig, {"seed": seed, **p["teacher"]["sft"]}, f"pairs.{name}.teacher.sft")
+        dev_scorer = None
+        if tcfg.select_by != "last":
+            if not dev:
+                raise C.ConfigError(f"pairs.{name}.teacher.sft.select_by: {tcfg.select_by!r} needs --dev")
+            dev_scorer = make_dev_scorer(load_jsonl(dev), tok, tcfg)
+        train_sft(model, tok, records, tcfg, out, resume, dev_scorer)
+        model = out / "model"
+    elif role == "teacher_sft":
+        if not init:
+            raise C.ConfigError("dwakd pretrain --role teacher_sft: --init (the pre-trained teacher) is required")
+        model = finetune(Path(init), records, b.get("teacher_sft", {}), out, resume, seed)
+    else:
+        if not tokenizers:
+            raise C.ConfigError(f"dwakd pretrain --role {role}: --tokenizers is required")
+        if role == "student":
+            records = pretrain_records(records, b.get("student_text", "prompt_response"))
+        model = pretrain(role, p[role], Path(tokenizers) / role, records, b.get(f"{role}_pretrain", {}), out,
+                         resume, seed)
+    if process_state().is_main_process:
+        C.dump({"role": role, "pair": p, "data": str(data)}, out / "resolved_config.yaml")
+    return model
+
+
 def ship(teacher_dir: Path, student_dir: Path, dest: Path, card: str, pair: dict) -> None:
     """Store a built pair in ``dest`` (bf16 safetensors + tokenizers), with SHA256SUMS and a model card."""
     import yaml

@@ -150,47 +150,10 @@ def _install_dirs(parts: dict[str, Path], out: Path) -> None:
 def cmd_pretrain(args) -> None:
     """Build a model: pre-train a self-built pair's teacher or student, or fine-tune a teacher (``teacher_sft``:
     the self-built teacher in ``--init``, or a published pair's teacher with its ``sft`` settings)."""
-    from dwakd import build
-    from dwakd.hub import model_source
-    from dwakd.run import load_pair_model
-    from dwakd.settings import from_dict
-    from dwakd.train import TrainConfig, make_dev_scorer, process_state
+    from dwakd.build import build_pair_model
 
-    cfg = _cfg(args)
-    name = C.pair_name(cfg, args.pair)
-    p = C.pair(cfg, name)
-    b = p.get("build", {})
-    records = load_jsonl(args.data)
-    out = Path(args.out)
-    seed = C.profile(cfg)["train"].get("seed", 10)
-    if args.role == "teacher_sft" and "arch" not in p["teacher"]:
-        if "sft" not in p["teacher"]:
-            raise C.ConfigError(f"pairs.{name}.teacher: no `sft` settings; this teacher is used as published")
-        # under the profile's launcher: one process per GPU, each on its own device
-        model, tok = load_pair_model(model_source(p["teacher"], f"pairs.{name}.teacher"), p["teacher"], "trained",
-                                     process_state().device, f"pairs.{name}.teacher")
-        tcfg = from_dict(TrainConfig, {"seed": seed, **p["teacher"]["sft"]}, f"pairs.{name}.teacher.sft")
-        dev_scorer = None
-        if tcfg.select_by != "last":
-            if not args.dev:
-                raise C.ConfigError(f"pairs.{name}.teacher.sft.select_by: {tcfg.select_by!r} needs --dev")
-            dev_scorer = make_dev_scorer(load_jsonl(args.dev), tok, tcfg)
-        build.train_sft(model, tok, records, tcfg, out, args.resume, dev_scorer)
-        model = out / "model"
-    elif args.role == "teacher_sft":
-        if not args.init:
-            raise C.ConfigError("dwakd pretrain --role teacher_sft: --init (the pre-trained teacher) is required")
-        model = build.finetune(Path(args.init), records, b.get("teacher_sft", {}), out, args.resume, seed)
-    else:
-        if not args.tokenizers:
-            raise C.ConfigError(f"dwakd pretrain --role {args.role}: --tokenizers is required")
-        if args.role == "student":
-            records = build.pretrain_records(records, b.get("student_text", "prompt_response"))
-        model = build.pretrain(args.role, p[args.role], Path(args.tokenizers) / args.role, records,
-                               b.get(f"{args.role}_pretrain", {}), out, args.resume, seed)
-    if process_state().is_main_process:
-        C.dump({"role": args.role, "pair": p, "data": args.data}, out / "resolved_config.yaml")
-    print(model)
+    print(build_pair_model(_cfg(args), args.pair, args.role, Path(args.data), Path(args.out), init=args.init,
+                           tokenizers=args.tokenizers, dev=args.dev, resume=args.resume))
 
 
 # ----------------------------------------------------------------------------------- train
