@@ -191,19 +191,17 @@ def _flip(f: Path) -> None:
     f.write_bytes(bytes(data))
 
 
+_REDO = r"the model folder is damaged; redo it: snakemake --cores all -f results/runs/sft/model\.sha256"
 MODEL_FAULTS = [
     ("truncated model.safetensors", "model.safetensors", _truncate, "load_model",
-     r"{f}: \d+ bytes, \d+ when saved \(listed in {d}/checksums\.json\); the model folder is damaged; redo it: "
-     r"snakemake --cores all -f results/runs/sft/model\.sha256"),
+     r"{f}: \d+ bytes, \d+ when saved \(listed in {d}/checksums\.json\); " + _REDO),
     ("deleted model.safetensors", "model.safetensors", Path.unlink, "load_model",
-     r"{f}: missing \(listed in {d}/checksums\.json\); the model folder is damaged; redo it: snakemake --cores all "
-     r"-f results/runs/sft/model\.sha256"),
+     r"{f}: missing \(listed in {d}/checksums\.json\); " + _REDO),
     ("a changed byte in model.safetensors", "model.safetensors", _flip, "load_model",
      r"{f}: sha256 [0-9a-f]{{16}}… differs from the one written when the model was saved \({d}/checksums\.json\); "
-     r"the model folder is damaged; redo it: snakemake --cores all -f results/runs/sft/model\.sha256"),
+     + _REDO),
     ("deleted tokenizer.json", "tokenizer.json", Path.unlink, "load_tokenizer",
-     r"{f}: missing \(listed in {d}/checksums\.json\); the model folder is damaged; redo it: snakemake --cores all "
-     r"-f results/runs/sft/model\.sha256"),
+     r"{f}: missing \(listed in {d}/checksums\.json\); " + _REDO),
 ]
 
 
