@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from dwakd.align.responses import n_response_tokens, response_mask
-from dwakd.losses.chunked import rows_for, rowwise
+from dwakd.losses.chunked import block_rows, rowwise
 from dwakd.losses.divergences import token_ce
 from dwakd.methods.base import Method, require_teacher
 from dwakd.registry import register
@@ -105,17 +105,12 @@ def scaled_softmax(logits: torch.Tensor, temperature: float = 1.0, eps: float = 
     return torch.softmax(z / (z.std(-1, keepdim=True) + eps) / temperature, dim=-1)
 
 
-def _block(chunk_rows: int | str | None, width: int) -> int | None:
-    """Rows per block: ``rows_for(width)`` for "auto", else ``chunk_rows`` (None: one block)."""
-    return rows_for(width) if chunk_rows == "auto" else chunk_rows
-
-
 def column_mass(logits: torch.Tensor, temperature: float = 1.0, eps: float = 1e-4,
                 chunk_rows: int | str | None = "auto") -> torch.Tensor:
     """``Σ_n scaled_softmax(logits)[n]`` [V] for ``logits [N, V]``, without gradient, in blocks of ``chunk_rows``
     rows (no ``[N, V]`` fp32 copy of the whole call; None: one block)."""
     with torch.no_grad():
-        step = _block(chunk_rows, logits.size(-1)) or max(1, logits.size(0))
+        step = block_rows(chunk_rows, logits.size(-1)) or max(1, logits.size(0))
         mass = torch.zeros(logits.size(-1), dtype=torch.float32, device=logits.device)
         for a in range(0, logits.size(0), step):
             mass += scaled_softmax(logits[a:a + step], temperature, eps).sum(0)
@@ -135,7 +130,7 @@ def top_k_columns(logits: torch.Tensor, k: int, order: str = "batch_mass", tempe
     if order not in COLUMN_ORDERS:
         raise ValueError(f"top_k_columns: order must be one of {COLUMN_ORDERS}, got {order!r}")
     width = min(k, logits.size(-1))
-    block = _block(chunk_rows, logits.size(-1))
+    block = block_rows(chunk_rows, logits.size(-1))
     if order == "per_position":
         return rowwise(lambda z: scaled_softmax(z, temperature, eps).topk(width, dim=-1).values, [logits],
                        chunk_rows=block)

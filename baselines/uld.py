@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from dwakd.align.responses import n_response_tokens, response_mask
-from dwakd.losses.chunked import rows_for, rowwise
+from dwakd.losses.chunked import block_rows, rows_for, rowwise
 from dwakd.losses.divergences import token_ce
 from dwakd.methods.base import Method, check_kd, require_teacher
 from dwakd.registry import register
@@ -114,7 +114,7 @@ def uld_distance(student_rows: torch.Tensor, teacher_logits: torch.Tensor, tempe
         ps = _sorted(s, temperature)
         return (ps[:, :k] - pt).abs().sum(-1) + ps[:, k:].sum(-1) + tail_t
 
-    rows = rows_for(max(student_rows.size(-1), teacher_logits.size(-1))) if chunk_rows == "auto" else chunk_rows
+    rows = block_rows(chunk_rows, max(student_rows.size(-1), teacher_logits.size(-1)))
     return rowwise(rows_fn, [student_rows, pt_head, pt_tail], chunk_rows=rows)  # rows ≥ N: one plain call
 
 

@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dwakd.losses.chunked import CHUNK_ELEMENTS, rowwise, rows_for
+from dwakd.losses.chunked import CHUNK_ELEMENTS, block_rows, rowwise
 
 IGNORE = -100
 
@@ -30,14 +30,8 @@ ChunkRows = int | str | None
 
 def _block_rows(chunk_rows: ChunkRows, n: int, width: int) -> int | None:
     """Rows per block for ``n`` rows of ``width`` entries, or None for one plain call."""
-    if chunk_rows is None:
-        return None
-    if chunk_rows == "auto":
-        rows = rows_for(width)
-        return rows if n > rows else None
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be 'auto', None or a positive integer, got {chunk_rows!r}")
-    return chunk_rows if n > chunk_rows else None
+    rows = block_rows(chunk_rows, width)
+    return rows if rows is not None and n > rows else None
 
 
 def _ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,7 @@ from torch import nn
 
 from dwakd.align.cma import next_token_targets
 from dwakd.errors import ConfigError
-from dwakd.losses.chunked import rows_for, rowwise
+from dwakd.losses.chunked import block_rows, rowwise
 from dwakd.losses.softdtw import cosine_cost, soft_dtw
 from dwakd.methods.base import Method, check_kd
 from dwakd.methods.dual_space import CMATerms, CrossModelAttentionMixin, cma_terms_per_position, model_dims
@@ -197,8 +197,7 @@ def entropy(logits: torch.Tensor, chunk_rows: int | str | None = "auto") -> torc
     more than ``CHUNK_ELEMENTS`` entries are taken in blocks of rows (``dwakd.losses.chunked``; None: one call)."""
     if logits.dim() != 2 or chunk_rows is None:
         return _entropy(logits)
-    rows = rows_for(logits.size(-1)) if chunk_rows == "auto" else int(chunk_rows)
-    return rowwise(_entropy, [logits], chunk_rows=rows)  # rows ≥ N: one plain call
+    return rowwise(_entropy, [logits], chunk_rows=block_rows(chunk_rows, logits.size(-1)))  # rows ≥ N: one call
 
 
 def gather_left(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
