@@ -80,15 +80,15 @@ def finetune(model_dir: Path, records: list[dict], train_over: dict, out_dir: Pa
     return out_dir / "model"
 
 
-MODEL_CARD = """# The embedded ("mini") pair
+MODEL_CARD = """# The embedded pair `{pair_name}`
 
 Made by dwakd from scratch on Dolly train (databricks-dolly-15k, CC BY-SA 3.0, MiniLLM processing), on CPU.
 Weights are stored in bf16 and loaded as fp32.
 
 | role | architecture | parameters | tokenizer |
 |---|---|---|---|
-| teacher | {teacher_arch} | {teacher_params:,} | byte-level BPE, {teacher_vocab} tokens (`Ġ` marker) |
-| student base | {student_arch} | {student_params:,} | SentencePiece-style BPE with byte fallback, {student_vocab} tokens (`▁` marker) |
+| teacher | {teacher_arch} | {teacher_params:,} | {teacher_tokenizer} |
+| student base | {student_arch} | {student_params:,} | {student_tokenizer} |
 
 Recipe (config/config.yaml, `pairs.<pair>.build`):
 - student base: pre-trained from random initialisation on {student_text}, packed blocks;
@@ -154,7 +154,7 @@ def build_pair_model(cfg: dict, pair: str | None, role: str, data: Path, out: Pa
     return model
 
 
-def ship(teacher_dir: Path, student_dir: Path, dest: Path, card: str, pair: dict) -> None:
+def ship(teacher_dir: Path, student_dir: Path, dest: Path, card: str, pair: dict, name: str = "mini") -> None:
     """Store a built pair in ``dest`` (bf16 safetensors + tokenizers), with SHA256SUMS and a model card."""
     import yaml
 
@@ -171,8 +171,12 @@ def ship(teacher_dir: Path, student_dir: Path, dest: Path, card: str, pair: dict
         info.update({f"{role}_params": count_parameters(m), f"{role}_arch": m.config.model_type,
                      f"{role}_vocab": len(tok)})
     text = PRETRAIN_TEXTS[pair.get("build", {}).get("student_text", "prompt_response")]
+    student_tok = f"SentencePiece-style BPE with byte fallback, {info['student_vocab']} tokens (`▁` marker)"
+    teacher_tok = (f"the student's ({info['teacher_vocab']} tokens)" if pair.get("tokenizers", {}).get("shared")
+                   else f"byte-level BPE, {info['teacher_vocab']} tokens (`Ġ` marker)")
     (tmp / "MODEL_CARD.md").write_text(card.format(build=yaml.safe_dump(pair.get("build", {})), student_text=text,
-                                                   **info))
+                                                   pair_name=name, teacher_tokenizer=teacher_tok,
+                                                   student_tokenizer=student_tok, **info))
     (tmp / "sizes.json").write_text(json.dumps(info, indent=2))
     lines = [f"{sha256_file(f)}  {f.relative_to(tmp)}" for f in sorted(tmp.rglob("*"))
              if f.is_file() and f.name != "SHA256SUMS"]

@@ -89,12 +89,17 @@ def cmd_tokenizers(args) -> None:
     from dwakd.tokenization import train_pair
 
     cfg = _cfg(args)
-    tk = C.pair(cfg, args.pair)["tokenizers"]
+    name = C.pair_name(cfg, args.pair)
+    tk = C.pair(cfg, name)["tokenizers"]
     records = load_jsonl(SHIPPED_DATA / cfg["datasets"]["dolly_train"]["file"])
     if tk.get("limit"):
         records = records[: tk["limit"]]
+    shared = tk.get("shared", False)
+    if shared == ("teacher_vocab" in tk):
+        raise C.ConfigError(f"pairs.{name}.tokenizers: give `teacher_vocab` for a pair with two tokenizers, "
+                            f"or `shared: true` (the teacher uses the student's tokenizer) without it")
     with atomic_dir(Path(args.out)) as tmp:
-        train_pair(records, tmp, tk["teacher_vocab"], tk["student_vocab"])
+        train_pair(records, tmp, tk.get("teacher_vocab"), tk["student_vocab"], shared=shared)
 
 
 # ---------------------------------------------------------------------------------- models
@@ -387,7 +392,8 @@ def cmd_ship(args) -> None:
     from dwakd.build import MODEL_CARD, ship
 
     cfg = _cfg(args)
-    ship(Path(args.teacher), Path(args.student), Path(args.dest), MODEL_CARD, C.pair(cfg, args.pair))
+    name = C.pair_name(cfg, args.pair)
+    ship(Path(args.teacher), Path(args.student), Path(args.dest), MODEL_CARD, C.pair(cfg, name), name)
 
 
 # ------------------------------------------------------------------------------------ main

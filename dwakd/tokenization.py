@@ -79,8 +79,14 @@ def corpus_texts(records: list[dict]) -> list[str]:
     return [t for r in records for t in (r["prompt"], *r["output"])]
 
 
-def train_pair(records: list[dict], out_dir: Path, teacher_vocab: int, student_vocab: int) -> None:
-    """Train and save ``out_dir/teacher`` and ``out_dir/student``."""
+def train_pair(records: list[dict], out_dir: Path, teacher_vocab: int | None, student_vocab: int,
+               shared: bool = False) -> None:
+    """Train and save ``out_dir/teacher`` and ``out_dir/student``. ``shared``: a same-tokenizer pair (the
+    same-vocabulary table's): the student's tokenizer is saved for both and ``teacher_vocab`` is unused."""
     texts = corpus_texts(records)
-    train_byte_level_bpe(texts, teacher_vocab).save_pretrained(out_dir / "teacher")
-    train_sentencepiece_bpe(texts, student_vocab).save_pretrained(out_dir / "student")
+    student = train_sentencepiece_bpe(texts, student_vocab)
+    student.save_pretrained(out_dir / "student")
+    if shared:
+        student.save_pretrained(out_dir / "teacher")
+    else:
+        train_byte_level_bpe(texts, teacher_vocab).save_pretrained(out_dir / "teacher")

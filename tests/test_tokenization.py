@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from dwakd.models import load_tokenizer
 from dwakd.tokenization import corpus_texts, train_byte_level_bpe, train_sentencepiece_bpe
 
@@ -37,3 +39,29 @@ def test_training_is_deterministic_and_saved_pair_loads(tiny_pair, dolly_small):
     assert again.get_vocab() == saved.get_vocab()
     student = load_tokenizer(tiny_pair / "student_base")
     assert student.get_vocab() != saved.get_vocab()
+
+
+def test_shared_pair_gives_the_teacher_the_students_tokenizer(tmp_path, dolly_small):
+    from dwakd.tokenization import train_pair
+
+    train_pair(dolly_small, tmp_path, teacher_vocab=None, student_vocab=600, shared=True)
+    teacher, student = load_tokenizer(tmp_path / "teacher"), load_tokenizer(tmp_path / "student")
+    assert teacher.get_vocab() == student.get_vocab() and len(teacher) == 600
+    assert teacher.tokenize(TEXT) == student.tokenize(TEXT)
+
+
+def test_tokenizers_command_checks_shared_against_teacher_vocab(tmp_path, capsys):
+    import yaml
+
+    from dwakd.cli import main
+
+    over = tmp_path / "over.yaml"
+    over.write_text(yaml.safe_dump({"pairs": {"tiny-samevocab": {"tokenizers": {"teacher_vocab": 700}}},
+                                    "profiles": {"tiny": {"pairs": ["tiny-samevocab"]}}}))
+    out = tmp_path / "tok"
+    cfg = str(Path(__file__).resolve().parent.parent / "config" / "config.yaml")
+    assert main(["tokenizers", "--config", cfg, "--config", str(over), "--set", "profile=tiny",
+                 "--pair", "tiny-samevocab", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pairs.tiny-samevocab.tokenizers" in err and "shared: true" in err and "teacher_vocab" in err
+    assert not out.exists()
