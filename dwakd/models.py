@@ -14,6 +14,7 @@ peft (plus the adapter under ``adapter/``). Notes per class: docs/models.md.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,21 @@ def _first_line(e: BaseException) -> str:
     return (lines[0] if lines else "no detail")[:200]
 
 
+#: the ``tokenizer_class`` a generic fast tokenizer (``dwakd.tokenization``'s) is saved under
+_GENERIC_FAST = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def _tokenizer_class(folder: Path):
+    """``AutoTokenizer``, or the generic fast class for a folder whose tokenizer was saved as one: AutoTokenizer
+    would pick the class of the model's ``model_type`` instead (a qwen2 folder → Qwen2Tokenizer, which replaces the
+    saved normaliser and pre-tokeniser with Qwen's: a SentencePiece-style tokenizer then loses its spaces)."""
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = folder / "tokenizer_config.json"
+    saved = json.loads(cfg.read_text()).get("tokenizer_class") if cfg.exists() else None
+    return PreTrainedTokenizerFast if saved in _GENERIC_FAST else AutoTokenizer
+
+
 def load_tokenizer(path: str | Path, revision: str | None = None):
     """The tokenizer of a model folder or hub id; ``pad = eos`` when it has no pad token (GPT-2, Llama,
     Mistral). Training right-pads and masks padding, generation left-pads with an attention mask, so a pad
@@ -268,7 +284,7 @@ def load_tokenizer(path: str | Path, revision: str | None = None):
                                     f"no tokenizer file); the model folder is incomplete; "
                                     f"{folder_redo(folder)}")
         try:
-            tok = AutoTokenizer.from_pretrained(src)
+            tok = _tokenizer_class(folder).from_pretrained(src)
         except Exception as e:  # noqa: BLE001
             raise DamagedModelError(f"{src}: the tokenizer cannot be loaded ({type(e).__name__}: {_first_line(e)}); "
                                     f"the folder is damaged or incomplete; {folder_redo(src)}") from None

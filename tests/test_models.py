@@ -37,3 +37,20 @@ def test_forward_returns_logits_hidden_and_embeddings(arch, tiny_pair, tmp_path)
     # embeddings are in the graph: a loss on them reaches the embedding table
     out.embeds.sum().backward()
     assert model.get_input_embeddings().weight.grad is not None
+
+
+def test_tokenizer_of_a_qwen2_folder_keeps_its_own_pipeline(tmp_path, tiny_pair):
+    """A self-built tokenizer saved beside a qwen2 model loads as saved: AutoTokenizer alone would pick
+    Qwen2Tokenizer from the model's type and replace a SentencePiece-style pre-tokeniser (the spaces vanish)."""
+    from dwakd.models import build_model, load_tokenizer
+
+    student_tok = load_tokenizer(tiny_pair / "student_base")
+    model = build_model("qwen2", len(student_tok), student_tok, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                        max_position_embeddings=64)
+    model.save_pretrained(tmp_path / "m")
+    student_tok.save_pretrained(tmp_path / "m")
+    again = load_tokenizer(tmp_path / "m")
+    text = "Name three primary colours, 2024."
+    assert again.tokenize(text) == student_tok.tokenize(text)
+    assert again.decode(again(text)["input_ids"], skip_special_tokens=True) == text
