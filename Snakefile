@@ -35,6 +35,8 @@ rule all:
         expand(f"{P}/tables/{{table}}.{{ext}}", pair=PAIRS, table=["significance", "efficiency"],
                ext=["md", "csv", "tex", "html"]),
         expand(f"{P}/tables/train_curves.csv", pair=PAIRS),
+        expand(f"{P}/tables/same_vocab.{{ext}}", pair=SV_PAIR, ext=["md", "csv", "tex", "html"])
+        if C.same_vocab_in_default(PROFILE) else [],
 
 
 # The ablation table on its own (`snakemake --cores all ablation`): the default target builds it too unless the
@@ -45,8 +47,26 @@ rule ablation:
         else [],
 
 
+# The on-policy table on its own (`snakemake --cores all on_policy`): off-policy runs beside their on-policy runs,
+# which sample from the student inside training (slow on a CPU), and the training cost of those runs
+# (on_policy_efficiency.*: the sampling's share); the default target builds the table too where the profile sets
+# `on_policy_in_all: true` (tiny, which CI runs; its efficiency table then covers the on-policy run).
+rule on_policy:
+    input:
+        expand(f"{P}/tables/{{table}}.{{ext}}", pair=PAIRS, table=["on_policy", "on_policy_efficiency"],
+               ext=["md", "csv", "tex", "html"]) if "on_policy" in TABLES else [],
+
+
+# The same-vocabulary table on its own (`snakemake --cores all same_vocab`): SFT, Vanilla KD and DSKD under the six
+# divergences on the profile's `same_vocab_pair` (DSKD's Table 1), which trains those runs only; the default target
+# builds it too unless the profile sets `same_vocab_in_all: false` (the embedded default does: 13 more trainings).
+rule same_vocab:
+    input:
+        expand(f"{P}/tables/same_vocab.{{ext}}", pair=SV_PAIR, ext=["md", "csv", "tex", "html"]) if SAME_VOCAB else [],
+
+
 onsuccess:
-    for _p in PAIRS:
+    for _p in ALL_PAIRS:
         _t = Path(pdir(_p)) / "tables"
         if _t.is_dir():
             print(f"dwakd: tables in {_t}/ ({', '.join(sorted(f.name for f in _t.glob('*.md')))}); "

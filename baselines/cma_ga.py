@@ -37,6 +37,8 @@ Variants (``variant``):
   term. docs/methods.md "DSKD-CMA-GA" describes the code as it runs.)
 
 Logged terms (token-summed): DSKD-CMA's ``ce``, ``ce_t2s``, ``kd_stu``, ``kd_tea``, ``t2s_acc``, plus ``ga``.
+On-policy (DSKD-CMA's ``on_policy``): ``kd_loss`` is DSKD-CMA's KD part plus ``kq_rate·L_GA``, on the student's
+samples.
 
 Deviations from the reference code: BCE over the response positions only (the reference takes the mean over
 every position of the padded batch, prompt and padding included); the variant ``paper`` trains D, gives the
@@ -148,12 +150,22 @@ class DSKDCMAGA(DSKDCMA):
         bce_k = F.binary_cross_entropy_with_logits(d_k, torch.full_like(d_k, k_label), reduction="sum")
         return bce_q + bce_k * (q.size(0) / max(k.size(0), 1))
 
-    def loss(self, batch, student_out, teacher_out):
-        t = self.terms(batch, student_out, teacher_out)
-        ga = self.ga_term(t)
-        a = self.cfg.kd_rate
+    def kq_weight(self, t: CMATerms):
+        """The weight of L_GA: ``kq_rate``, or ``kq_rate / N`` for ``reference_code`` (module docstring)."""
         kq = self.cfg.kq_rate
         if self.cfg.variant == "reference_code":  # the public code adds the GA *mean* to token sums: kq/N
             kq = kq / t.student_mask.sum().clamp(min=1)
-        loss = (1.0 - a) * t.ce + a * (t.ce_t2s + t.kd_stu + t.kd_tea) + kq * ga
+        return kq
+
+    def kd_loss(self, batch, student_out, teacher_out):
+        t = self.terms(batch, student_out, teacher_out, with_ce=False)
+        ga = self.ga_term(t)
+        logs = {**t.logs(), "ga": ga.detach()}
+        del logs["ce"]
+        return self.kd_part(t) + self.kq_weight(t) * ga, logs
+
+    def loss(self, batch, student_out, teacher_out):
+        t = self.terms(batch, student_out, teacher_out)
+        ga = self.ga_term(t)
+        loss = (1.0 - self.cfg.kd_rate) * t.ce + self.kd_part(t) + self.kq_weight(t) * ga
         return loss, {**t.logs(), "ga": ga.detach()}

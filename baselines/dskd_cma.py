@@ -21,6 +21,10 @@ embeddings are detached (DSKD's code): the CMA terms train the student only thro
 Logged terms (token-summed): ``ce``, ``ce_t2s``, ``kd_stu``, ``kd_tea``, ``t2s_acc`` (the number of positions
 where argmax z_t2s is the gold token: the projector's accuracy after the loop's division).
 
+On-policy distillation (``on_policy``; docs/methods.md "On-policy distillation"): ``kd_loss`` is
+α·(L_ce_t2s + L_kd_stu + L_kd_tea) alone, and on a batch of the student's samples y is the teacher's argmax at
+the ETA-aligned position (``dwakd.methods.dual_space.teacher_argmax_targets``), as in DSKD v2's on-policy CMA.
+
 Deviations (see ``dwakd.align.cma``): N uses one std per sequence over its response positions (DSKD: one std
 over the whole batch tensor, padding included); masked attention weights are exactly zero and rows of
 non-response student positions are zero (DSKD: −1e5 added to the scores); ``e(y)`` looks up the pad id where
@@ -31,6 +35,8 @@ except through N's std.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from dwakd.methods.base import Method, check_kd
 from dwakd.methods.dual_space import CMATerms, CrossModelAttentionMixin, cma_terms
@@ -58,13 +64,29 @@ class DSKDCMA(CrossModelAttentionMixin, Method):
     citation = ("Zhang et al., 'Dual-Space Knowledge Distillation for Large Language Models', EMNLP 2024, "
                 "arXiv 2406.17328.")
 
-    def terms(self, batch, student_out, teacher_out, return_attention: bool = False) -> CMATerms:
+    on_policy = True
+
+    def terms(self, batch, student_out, teacher_out, return_attention: bool = False,
+              with_ce: bool = True) -> CMATerms:
         return cma_terms(self.cma, *self._models, *self.pads, batch, student_out, teacher_out,
                          divergence_name=self.cfg.divergence, temperature=self.cfg.temperature,
-                         return_attention=return_attention)
+                         return_attention=return_attention, targets=self.t2s_targets(batch, teacher_out),
+                         with_ce=with_ce)
+
+    def ce_weight(self) -> float:
+        return 1.0 - self.cfg.kd_rate
+
+    def kd_part(self, t: CMATerms) -> torch.Tensor:
+        """α·(L_ce_t2s + L_kd_stu + L_kd_tea): the KD part of the loss."""
+        return self.cfg.kd_rate * (t.ce_t2s + t.kd_stu + t.kd_tea)
+
+    def kd_loss(self, batch, student_out, teacher_out):
+        t = self.terms(batch, student_out, teacher_out, with_ce=False)
+        logs = t.logs()
+        del logs["ce"]
+        return self.kd_part(t), logs
 
     def loss(self, batch, student_out, teacher_out):
         t = self.terms(batch, student_out, teacher_out)
-        a = self.cfg.kd_rate
-        loss = (1.0 - a) * t.ce + a * (t.ce_t2s + t.kd_stu + t.kd_tea)
+        loss = (1.0 - self.cfg.kd_rate) * t.ce + self.kd_part(t)
         return loss, t.logs()

@@ -43,7 +43,10 @@ Deviations from DSKD v2's code (its bugs, or choices we judge wrong; what we com
 * L_kd_stu is always masked by the agreement (the code drops the mask once the agreement exceeds a threshold,
   1.0 by default, i.e. never);
 * the pinv initialisation adds the EOS pair to the overlap (the s2t map restricts both heads to the overlap,
-  as v2's ETA criterion does); no on-policy mode.
+  as v2's ETA criterion does).
+
+On-policy distillation (``on_policy``; docs/methods.md "On-policy distillation"): ``kd_loss`` is the KD part
+alone; v2's on-policy ETA criterion computes the same terms on the student's samples as on gold responses.
 """
 
 from __future__ import annotations
@@ -57,8 +60,8 @@ from torch import nn
 from dwakd.align.projection import pinv_t2s_init, s2t_matrix, shared_vocab, teacher_head_pinv
 from dwakd.align.responses import aligned_positions, aligned_tensors, eta_pairs, sample_pairs
 from dwakd.align.tokens import offsets_alignment
-from dwakd.losses.chunked import rows_for
-from dwakd.losses.divergences import IGNORE, divergence, head_ce, head_divergence, token_ce
+from dwakd.losses.chunked import BLOCK_TENSORS, rows_for, rowwise
+from dwakd.losses.divergences import IGNORE, head_ce, head_divergence, row_divergence, token_ce
 from dwakd.methods.base import Method, check_kd, require_offsets, require_teacher, require_tokenizers
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
@@ -152,40 +155,69 @@ class DSKDETA(Method):
         return sample_pairs(student_labels, teacher_labels, self._pairs)
 
     # ---------------------------------------------------------------------------------------- loss
+    on_policy = True
+
+    def ce_weight(self) -> float:
+        return 1.0 - self.cfg.kd_rate
+
     def loss(self, batch, student_out, teacher_out):
+        ce = token_ce(student_out.logits, batch["student"]["labels"],
+                      chunk_rows=rows_for(student_out.logits.size(-1), tensors=BLOCK_TENSORS))
+        kd, logs = self.kd_loss(batch, student_out, teacher_out)
+        return (1.0 - self.cfg.kd_rate) * ce + kd, {"ce": ce.detach(), **logs}
+
+    def kd_loss(self, batch, student_out, teacher_out):
+        """α·(L_ce_t2s + L_kd_stu + L_kd_tea) and its logs (``Method.kd_loss``); the same on the student's samples
+        as on gold responses (the labels are the teacher's argmax either way, as in DSKD v2's on-policy ETA)."""
         cfg = self.cfg
         student, teacher = self._models
-        sl, tl = batch["student"]["labels"], batch["teacher"]["labels"]
-        ce = token_ce(student_out.logits, sl)
         dev = student_out.logits.device
         b, sp, tp = aligned_tensors(batch, self.align, dev)
         w_s = lm_head_weight(student).detach()
         w_t = lm_head_weight(teacher).detach()
 
-        s_logits = student_out.logits[b, sp]  # [N, V_s]
+        v_s, v_t = w_s.size(0), w_t.size(0)
+        s_flat = student_out.logits.reshape(-1, student_out.logits.size(-1))  # read block by block, never copied
+        s_idx = b * student_out.logits.size(1) + sp  # the student rows of the pairs in s_flat
         t_flat, t_idx = teacher_out.row_index(b, tp)  # the teacher rows of the pairs, read block by block
         h_s = student_out.hidden[b, sp]  # [N, d_s]
         h_t = teacher_out.hidden[b, tp].detach()  # [N, d_t]
+        rows_s, rows_t = rows_for(v_s, tensors=BLOCK_TENSORS), rows_for(v_t, tensors=BLOCK_TENSORS)  # per block
 
-        # student space (z_t2s formed whole only without gradient; L_ce_t2s forms it block by block)
+        # student space: z_t2s = h_t2s · W_sᵀ [N, V_s] is formed block by block only (its argmax; L_ce_t2s; the
+        # agreeing rows of L_kd_stu), never whole
         h_t2s = self.t2s(h_t.to(self.t2s.weight.dtype))  # [N, d_s]
         with torch.no_grad():
-            z_t2s = h_t2s.to(w_s.dtype) @ w_s.T  # [N, V_s]
-            step = rows_for(t_flat.size(-1))
-            t_arg = torch.cat([t_flat[t_idx[k:k + step]].argmax(-1) for k in range(0, t_idx.numel(), step)]) \
-                if t_idx.numel() else t_idx
-        y_hat = self.label_map.to(dev)[t_arg]
-        ce_t2s = head_ce(h_t2s, w_s, y_hat)
-        agree = (z_t2s.argmax(-1) == y_hat) & (y_hat != IGNORE)
-        kd_stu = divergence(cfg.divergence, s_logits, z_t2s, agree, cfg.temperature)
+            t2s_arg = _blocks(lambda k: (h_t2s[k:k + rows_s].to(w_s.dtype) @ w_s.T).argmax(-1), len(h_t2s), rows_s)
+            t_arg = _blocks(lambda k: t_flat[t_idx[k:k + rows_t]].argmax(-1), t_idx.numel(), rows_t)
+        y_hat = self.label_map.to(dev)[t_arg.to(dev)]
+        ce_t2s = head_ce(h_t2s, w_s, y_hat, chunk_rows=rows_s)
+        agree = (t2s_arg.to(dev) == y_hat) & (y_hat != IGNORE)
+        keep = agree.nonzero().squeeze(1)
+        kd_stu = rowwise(_student_space_rows(row_divergence(cfg.divergence, cfg.temperature)),
+                         [s_idx[keep], h_t2s.detach()[keep]], [w_s], chunk_rows=rows_s, gather_from=s_flat).sum()
 
         # teacher space: z_s2t = (h_s M_s2t) · W_tᵀ formed block by block
         m_s2t = s2t_matrix(w_s, self.overlap_student, self.teacher_pinv)  # [d_s, d_t]
         kd_tea = head_divergence(cfg.divergence, h_s.float() @ m_s2t, w_t, t_flat, cfg.temperature,
-                                 teacher_index=t_idx)
+                                 teacher_index=t_idx, chunk_rows=rows_t)
 
-        a = cfg.kd_rate
-        loss = (1.0 - a) * ce + a * (ce_t2s + kd_stu + kd_tea)
-        return loss, {"ce": ce.detach(), "ce_t2s": ce_t2s.detach(), "kd_stu": kd_stu.detach(),
-                      "kd_tea": kd_tea.detach(), "aligned_ratio": torch.tensor(float(b.numel()), device=dev),
-                      "t2s_agree": agree.sum().float()}
+        return cfg.kd_rate * (ce_t2s + kd_stu + kd_tea), {
+            "ce_t2s": ce_t2s.detach(), "kd_stu": kd_stu.detach(), "kd_tea": kd_tea.detach(),
+            "aligned_ratio": torch.tensor(float(b.numel()), device=dev), "t2s_agree": agree.sum().float()}
+
+
+def _blocks(fn, n: int, rows: int) -> torch.Tensor:
+    """``fn(k)`` for the blocks starting at k = 0, rows, 2·rows, … < n, concatenated (an empty long tensor for
+    n = 0)."""
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat([fn(k) for k in range(0, n, rows)])
+
+
+def _student_space_rows(per_row):
+    """L_kd_stu per row: ``per_row(z_s, z_t2s)`` with the (detached) target ``z_t2s = h_t2s · W_sᵀ`` formed for
+    the block's rows only: ``(z_s [n, V_s], h_t2s [n, d_s], W_s [V_s, d_s]) -> [n]``."""
+    def rows(s: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return per_row(s, h.to(w.dtype) @ w.T)
+    return rows

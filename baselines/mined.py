@@ -40,6 +40,7 @@ The map file (its fingerprint, rule and reading): ``dwakd/vocab_map.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -48,8 +49,8 @@ import torch.nn.functional as F
 
 from dwakd.align.responses import aligned_positions, aligned_tensors, response_mask, sample_pairs, tokens_of
 from dwakd.align.tokens import VOCAB_MAP_RULES, dtw_align, invert_vocab_map, one_to_one
-from dwakd.losses.chunked import rows_for, rowwise
-from dwakd.losses.divergences import kl_from_logprobs, token_ce
+from dwakd.losses.chunked import BLOCK_TENSORS, rows_for, rowwise
+from dwakd.losses.divergences import kl_from_logprobs
 from dwakd.methods.base import Method, check_kd, require_teacher, require_tokenizers
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
@@ -136,38 +137,49 @@ class MinED(Method):
         cfg = self.cfg
         sl = batch["student"]["labels"]
         s_logits = student_out.logits
-        ce = token_ce(s_logits, sl)
         dev = s_logits.device
         b, sp, tp = aligned_tensors(batch, self.align, dev)
-
-        # aligned positions: the teacher distribution gathered into the student vocabulary (block by block)
         s2t = self.s2t.to(dev)
         if s2t.numel() != s_logits.size(-1):
             raise ValueError(f"{self.name}: the student logits have {s_logits.size(-1)} entries but the vocabulary "
                              f"map was built for {s2t.numel()}")
         t_flat, t_idx = teacher_out.row_index(b, tp)
-        tau = cfg.temperature
 
-        def kl_rows(s, i, t, m):
-            gathered = t[i].float()[:, m.clamp_min(0)].masked_fill(m < 0, UNMAPPED)  # [n, V_s]
-            target_logp = torch.log_softmax(gathered / tau, dim=-1).detach()
-            return kl_from_logprobs(target_logp, s, torch.ones_like(i, dtype=torch.bool), tau, reduction="none")
-
-        n = b.numel()
-        kd_aligned = rowwise(kl_rows, [s_logits[b, sp], t_idx], [t_flat, s2t],
-                             chunk_rows=rows_for(t_flat.size(-1))).sum()
-
-        # every other response position: one-hot at the gold token, KL = −log p_s,τ(y)
-        other = response_mask(sl)
-        other[b, sp] = False
-        gold = sl[:, 1:][other[:, :-1]]
-
-        def ce_rows(s, y):
-            return F.cross_entropy(s.float() / tau, y, reduction="none")
-
-        kd_onehot = rowwise(ce_rows, [s_logits[other], gold], chunk_rows=rows_for(s_logits.size(-1))).sum()
-
-        kd = kd_aligned + kd_onehot
+        # one pass over the student's response rows, read block by block from the logits (no copy of them): per
+        # row the CE and the KD term, against the gathered teacher distribution where the row is aligned (its
+        # teacher row in ``teacher_row``) and against the one-hot gold token elsewhere
+        resp = response_mask(sl)  # [B, L]
+        teacher_row = torch.full(sl.shape, -1, dtype=torch.long, device=dev)
+        teacher_row[b, sp] = t_idx
+        index = resp.flatten().nonzero().squeeze(1)  # [n] row-major response positions
+        gold = sl[:, 1:][resp[:, :-1]]  # [n]
+        vals = rowwise(partial(_ce_kd_rows, temperature=cfg.temperature), [index, gold, teacher_row.flatten()[index]],
+                       [t_flat, s2t], chunk_rows=rows_for(s_logits.size(-1), tensors=BLOCK_TENSORS),
+                       gather_from=s_logits.reshape(-1, s_logits.size(-1)))  # [n, 2]
+        ce, kd = vals[:, 0].sum(), vals[:, 1].sum()
         loss = (1.0 - cfg.kd_rate) * ce + cfg.kd_rate * kd
         return loss, {"ce": ce.detach(), "kd": kd.detach(),
-                      "aligned_ratio": torch.tensor(float(n), device=dev)}
+                      "aligned_ratio": torch.tensor(float(b.numel()), device=dev)}
+
+
+def _ce_kd_rows(s: torch.Tensor, gold: torch.Tensor, teacher_row: torch.Tensor, t_flat: torch.Tensor,
+                s2t: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """Per student response row (``[n, 2]``): ``CE(z_s, y)`` and the KD term (module docstring, step 4).
+
+    s [n, V_s] student logits; gold [n] targets; teacher_row [n] the row of ``t_flat [M, V_t]`` aligned with
+    each student row, −1 for none; s2t [V_s] student id → teacher id (−1: unmapped). An aligned row's KD term is
+    ``KL(softmax(z̃ / τ) ‖ softmax(z_s / τ))`` with ``z̃ = z_t[s2t]`` (−1e5 where unmapped; the target detached),
+    ``kl_from_logprobs``; any other row's is ``CE(z_s / τ, y)``. Row-separable: for ``rowwise``."""
+    ce = F.cross_entropy(s.float(), gold, reduction="none")
+    aligned = teacher_row >= 0
+    al, other = aligned.nonzero().squeeze(1), (~aligned).nonzero().squeeze(1)
+    kd = F.cross_entropy(s[other].float() / temperature, gold[other], reduction="none")
+    if al.numel():
+        with torch.no_grad():  # the target: the teacher rows gathered straight into the student vocabulary
+            gathered = t_flat[teacher_row[al].unsqueeze(1), s2t.clamp_min(0).unsqueeze(0)].float()
+            target_logp = torch.log_softmax(gathered.masked_fill(s2t < 0, UNMAPPED) / temperature, dim=-1)
+            del gathered
+        kl = kl_from_logprobs(target_logp, s[al], torch.ones_like(al, dtype=torch.bool), temperature,
+                              reduction="none")
+        kd = torch.zeros_like(ce).index_put((other,), kd).index_put((al,), kl)
+    return torch.stack([ce, kd], dim=1)

@@ -40,6 +40,26 @@ def _alternatives() -> str:
     return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def require_same_vocabulary(name: str, student, teacher, student_tokenizer=None, teacher_tokenizer=None) -> int:
+    """Fail at start-up (``ConfigError`` naming the method, what it expected and the cross-tokenizer methods to
+    use instead) unless the teacher and the student share one vocabulary: with both tokenizers, identical
+    ``get_vocab()`` maps; without them, LM heads of the same number of rows. Returns the width of the logits the
+    two share: ``len(tokenizer)`` (a head padded beyond its tokenizer has more rows), else the head rows."""
+    require_teacher(name, teacher)
+    if student_tokenizer is not None and teacher_tokenizer is not None:
+        if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+            raise ConfigError(
+                f"{name}: needs a teacher and a student with the same vocabulary (the teacher reads the "
+                f"student's token ids), but the two tokenizers differ ({len(student_tokenizer)} vs "
+                f"{len(teacher_tokenizer)} tokens); use a cross-tokenizer method instead: {_alternatives()}")
+        return len(student_tokenizer)
+    vs, vt = lm_head_weight(student).size(0), lm_head_weight(teacher).size(0)
+    if vs != vt:
+        raise ConfigError(f"{name}: needs the same vocabulary, but the student head has {vs} rows and "
+                          f"the teacher head {vt}; use a cross-tokenizer method instead: {_alternatives()}")
+    return vs
+
+
 @register
 class VanillaKD(Method):
     """Same-vocabulary logit KD (see the module docstring)."""
@@ -49,30 +69,27 @@ class VanillaKD(Method):
     citation = "Hinton et al. 2015, 'Distilling the Knowledge in a Neural Network', arXiv 1503.02531."
     needs_teacher = True
     needs_teacher_tokens = False
+    #: teacher and student share one vocabulary (the teacher reads the student's token ids)
+    same_vocabulary = True
 
     def __init__(self, cfg, student, teacher=None, student_tokenizer=None, teacher_tokenizer=None):
         super().__init__(cfg, student, teacher, student_tokenizer, teacher_tokenizer)
-        require_teacher(self.name, teacher)
-        if student_tokenizer is not None and teacher_tokenizer is not None:
-            if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
-                raise ConfigError(
-                    f"{self.name}: needs a teacher and a student with the same vocabulary (the teacher reads the "
-                    f"student's token ids), but the two tokenizers differ ({len(student_tokenizer)} vs "
-                    f"{len(teacher_tokenizer)} tokens); use a cross-tokenizer method instead: {_alternatives()}")
-            self.width = len(student_tokenizer)
-        else:
-            vs, vt = lm_head_weight(student).size(0), lm_head_weight(teacher).size(0)
-            if vs != vt:
-                raise ConfigError(f"{self.name}: needs the same vocabulary, but the student head has {vs} rows and "
-                                  f"the teacher head {vt}; use a cross-tokenizer method instead: {_alternatives()}")
-            self.width = vs
+        self.width = require_same_vocabulary(self.name, student, teacher, student_tokenizer, teacher_tokenizer)
 
-    def loss(self, batch, student_out, teacher_out):
+    on_policy = True  # the KD term reads any batch; the student's samples need no second tokenisation
+
+    def ce_weight(self) -> float:
+        return 1.0 - self.cfg.kd_rate
+
+    def kd_loss(self, batch, student_out, teacher_out):
+        """α·Σ_i D_τ(p_t,i ‖ p_s,i) and its log (``Method.kd_loss``)."""
         cfg = self.cfg
-        sl = batch["student"]["labels"]
-        ce = token_ce(student_out.logits, sl)
         w = self.width
         kd = divergence(cfg.divergence, student_out.logits[..., :w], teacher_out.logits[..., :w],
-                        response_mask(sl), cfg.temperature)
-        loss = (1.0 - cfg.kd_rate) * ce + cfg.kd_rate * kd
-        return loss, {"ce": ce.detach(), "kd": kd.detach()}
+                        response_mask(batch["student"]["labels"]), cfg.temperature)
+        return cfg.kd_rate * kd, {"kd": kd.detach()}
+
+    def loss(self, batch, student_out, teacher_out):
+        ce = token_ce(student_out.logits, batch["student"]["labels"])
+        kd, logs = self.kd_loss(batch, student_out, teacher_out)
+        return (1.0 - self.cfg.kd_rate) * ce + kd, {"ce": ce.detach(), **logs}

@@ -8,6 +8,9 @@ load hits every run alike; the minimum over the rounds is reported. Peak memory:
 memory of a step (``torch.cuda.max_memory_allocated`` after a reset); on CPU the peak resident set size of a
 child process that loads the pair and takes two steps of that run alone (``os.wait4``), minus that of a
 child that only loads the student (so the figure is the teacher's weights, if any, plus the step's memory).
+A run that trains on-policy (``train.on_policy_ratio`` > 0) takes the step of an on-policy micro-batch: the
+student samples responses to the batch's prompts (seed 0; the run's sampling settings), the CE reads the batch,
+the KD part the samples; the time includes the sampling.
 
     python benchmarks/step_time.py                       # every run in config `runs:`, 2 threads
     python benchmarks/step_time.py --runs sft dskd_cma --threads 1 --repeat 5
@@ -69,7 +72,9 @@ class Bench:
             ttok = load_tokenizer(tpath)
         method = cls(mcfg, self.student, self.teacher, stok, ttok).to(device)
         self.trainer = Trainer(method, self.student, self.teacher, stok, ttok, tcfg, Path("unused"))
-        self.batch = self.trainer.batch(self.trainer.make_items(records))
+        self.items = self.trainer.make_items(records)
+        self.batch = self.trainer.batch(self.items)
+        self.on_policy = tcfg.on_policy_ratio > 0
         self.denom = max(int((self.batch["student"]["labels"][:, 1:] != -100).sum()), 1)
         params = [p for p in self.student.parameters() if p.requires_grad]
         params += [p for p in method.parameters() if p.requires_grad]
@@ -83,7 +88,11 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss, _ = self.trainer.micro_step(self.batch)
+        batch = self.batch
+        if self.on_policy:  # every step an on-policy micro-batch (dwakd.train.Trainer.kd_batches, one micro-batch)
+            kd, n_kd = self.trainer.sample_batch(self.items, seed=0)
+            batch = {"gold": self.batch, "kd": kd, "kd_scale": self.denom / max(n_kd, 1)}
+        loss, _ = self.trainer.micro_step(batch)
         (loss / self.denom).backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.opt.step()

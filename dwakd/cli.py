@@ -298,6 +298,8 @@ def cmd_report(args) -> None:
 
     cfg = _cfg(args)
     prof = C.profile(cfg)
+    if args.table == "same_vocab":
+        return _report_same_vocab(args, cfg, prof)
     tables = C.tables(prof)
     if args.table not in tables:
         raise C.ConfigError(f"--table {args.table}: profile {cfg['profile']!r} defines the tables "
@@ -312,6 +314,27 @@ def cmd_report(args) -> None:
                         published=published_for_pair(published, C.pair_name(cfg, args.pair)))
     write_tables(result, Path(args.out), args.table)
     print((Path(args.out) / f"{args.table}.md").read_text())
+
+
+def _report_same_vocab(args, cfg: dict, prof: dict) -> None:
+    """``dwakd report --table same_vocab``: DSKD's Table 1 layout on the profile's same-vocabulary pair."""
+    from dwakd.report import published_for_pair, same_vocab_table, write_same_vocab
+
+    sv = C.same_vocab(prof)
+    if sv is None:
+        raise C.ConfigError(f"--table same_vocab: profile {cfg['profile']!r} has no same-vocabulary table (it needs "
+                            f"profiles.{cfg['profile']}.same_vocab_pair and same_vocab_table)")
+    pair, runs = sv
+    if args.pair not in (None, pair):
+        raise C.ConfigError(f"--pair {args.pair}: the same-vocabulary table of profile {cfg['profile']!r} is pair "
+                            f"{pair!r}'s (same_vocab_pair)")
+    sets = prof["eval"]["sets"]
+    boot, baselines, published = _report_settings(cfg, args.published)
+    result = same_vocab_table(Path(args.eval_dir), runs, sets, _titles(cfg, runs),
+                              {s: cfg["datasets"][s]["title"] for s in sets}, pair=pair, baselines=baselines,
+                              bootstrap=boot, published=published_for_pair(published, pair))
+    write_same_vocab(result, Path(args.out))
+    print((Path(args.out) / "same_vocab.md").read_text())
 
 
 def cmd_significance(args) -> None:
@@ -335,13 +358,18 @@ def cmd_efficiency(args) -> None:
 
     cfg = _cfg(args)
     prof = C.profile(cfg)
-    runs = C.table_runs(prof)
+    runs, name, curves = C.table_runs(prof), "efficiency", "train_curves.csv"
+    if args.table is not None:  # one table's runs alone: <table>_efficiency.*, <table>_train_curves.csv
+        tables = C.tables(prof)
+        if args.table not in tables:
+            raise C.ConfigError(f"--table {args.table}: profile {cfg['profile']!r} defines the tables {sorted(tables)}")
+        runs, name, curves = tables[args.table], f"{args.table}_efficiency", f"{args.table}_train_curves.csv"
     _, _, published = _report_settings(cfg, args.published)
     has_pair = published_for_pair(published, C.pair_name(cfg, args.pair)) is not None
     pub = published.get("efficiency") if has_pair else None
     t = efficiency_table(Path(args.runs_dir), runs, _titles(cfg, runs), pub)
-    write_efficiency(t, Path(args.out))
-    print((Path(args.out) / "efficiency.md").read_text())
+    write_efficiency(t, Path(args.out), name, curves)
+    print((Path(args.out) / f"{name}.md").read_text())
 
 
 def cmd_attention(args) -> None:
@@ -476,7 +504,8 @@ def parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "write a result table (main or ablation)")
     p.add_argument("--eval-dir", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--table", default="main", help="main (default) or ablation: <out>/<table>.{md,csv,tex}")
+    p.add_argument("--table", default="main", help="main (default), ablation or same_vocab (the profile's "
+                   "same-vocabulary pair, DSKD's Table 1 layout): <out>/<table>.{md,csv,tex,html}")
     p.add_argument("--published", help="published numbers file (default: the config's report.published)")
     p = add("significance", cmd_significance,
             "paired bootstrap of the teacher and every run against report.baselines: <out>/significance.*")
@@ -487,6 +516,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", required=True, help="folder with <run>/train_log.jsonl")
     p.add_argument("--out", required=True)
     p.add_argument("--published", help="published numbers file (default: the config's report.published)")
+    p.add_argument("--table", default=None, help="only the runs of this table (e.g. on_policy): "
+                   "<out>/<table>_efficiency.*, <out>/<table>_train_curves.csv (default: every run of the default "
+                   "target's tables, efficiency.* and train_curves.csv)")
     p = add("attention", cmd_attention, "attention maps, DWA-KD band and token-alignment probe (tables)")
     p.add_argument("--models", required=True, help="folder with teacher/ (and student_base/)")
     p.add_argument("--runs", required=True, help="folder with <run>/model of the trained runs")

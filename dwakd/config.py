@@ -176,7 +176,42 @@ def check(cfg: dict) -> None:
     for b in (cfg.get("report") or {}).get("baselines") or []:
         if b not in cfg["runs"]:
             raise ConfigError(f"report.baselines: {b!r} is not in runs ({sorted(cfg['runs'])})")
-    check_shared_teachers(cfg, prof["pairs"])
+    check_same_vocab(cfg, name, prof)
+    check_shared_teachers(cfg, profile_pairs(prof))
+
+
+def _tokenizer_name(model: dict) -> str | None:
+    """The name of a published model's tokenizer (``tokenizer``, else its ``hf_id`` / ``path``)."""
+    return model.get("tokenizer") or model.get("hf_id") or model.get("path")
+
+
+def check_same_vocab(cfg: dict, name: str, prof: dict) -> None:
+    """The same-vocabulary table's keys (``same_vocab_pair``, ``same_vocab_table``): a pair of ``pairs`` whose
+    teacher uses the student's tokenizer (a self-built pair: ``tokenizers.shared: true``; a published pair: the
+    same ``tokenizer`` name on both sides) and runs of ``runs``. The methods refuse different tokenizers again at
+    start-up (``baselines.vanilla_kd.require_same_vocabulary``)."""
+    p = prof.get("same_vocab_pair")
+    if p is None:
+        return
+    where = f"profiles.{name}"
+    if p not in cfg["pairs"]:
+        raise ConfigError(f"{where}.same_vocab_pair: {p!r} is not in pairs ({sorted(cfg['pairs'])})")
+    if not prof.get("same_vocab_table"):
+        raise ConfigError(f"{where}.same_vocab_table: the same-vocabulary table of pair {p!r} lists no run; expected "
+                          f"runs of `runs` (e.g. sft, vanilla_kd_fkl, dskd_fkl), or drop same_vocab_pair")
+    for r in prof["same_vocab_table"]:
+        if r not in cfg["runs"]:
+            raise ConfigError(f"{where}.same_vocab_table: {r!r} is not in runs ({sorted(cfg['runs'])})")
+    spec = cfg["pairs"][p]
+    if "arch" in spec["student"]:
+        if not (spec.get("tokenizers") or {}).get("shared"):
+            raise ConfigError(f"{where}.same_vocab_pair: pair {p!r} has two tokenizers (pairs.{p}.tokenizers.shared "
+                              f"is not true); the same-vocabulary table needs a teacher that uses the student's "
+                              f"tokenizer")
+    elif _tokenizer_name(spec["teacher"]) != _tokenizer_name(spec["student"]):
+        raise ConfigError(f"{where}.same_vocab_pair: the teacher of pair {p!r} uses the tokenizer "
+                          f"{_tokenizer_name(spec['teacher'])!r} and its student {_tokenizer_name(spec['student'])!r};"
+                          f" the same-vocabulary table needs one tokenizer (name it in both models' `tokenizer`)")
 
 
 # ------------------------------------------------------------------------------------ method options
@@ -187,14 +222,26 @@ def unknown_method(run: str, name: str, registered: list[str]) -> str:
     return f"runs.{run}.method: unknown method {name!r}{hint} (registered: {', '.join(sorted(registered))})"
 
 
+def on_policy_unsupported(where: str, ratio: float, method: str, able: list[str]) -> str:
+    """The error of a run that asks for on-policy distillation (``on_policy_ratio`` > 0) with a method that does not
+    support it (``Method.on_policy``); ``able``: the methods that do."""
+    return (f"{where}.on_policy_ratio: {ratio} asks for on-policy distillation, which method {method!r} does not "
+            f"support (methods that do: {', '.join(sorted(able))}); set it to 0 or use one of those")
+
+
 def check_methods(cfg: dict, specs: dict) -> None:
     """Every entry of ``runs``: a registered method (``specs``: ``method_specs()``) and options its Config
     dataclass accepts (names, types, fixed choices: ``dwakd.settings.check_options``, as ``dwakd train`` checks)."""
+    train = profile(cfg)["train"]
     for run, spec in cfg["runs"].items():
         if spec["method"] not in specs:
             raise ConfigError(unknown_method(run, spec["method"], list(specs)))
         m = specs[spec["method"]]
         check_options(f"runs.{run}.config", spec.get("config"), m["options"], m["config"])
+        ratio = {**train, **(spec.get("train") or {})}.get("on_policy_ratio") or 0
+        if ratio > 0 and not m.get("on_policy", False):
+            raise ConfigError(on_policy_unsupported(f"runs.{run}.train", ratio, spec["method"],
+                                                    [n for n, x in specs.items() if x.get("on_policy")]))
 
 
 def _source_files() -> list[Path]:
@@ -313,16 +360,34 @@ def check_shared_teachers(cfg: dict, pairs: list[str]) -> None:
             raise ConfigError(f"pairs.{p}.teacher: named {t!r} like pairs.{seen[t][0]}.teacher but its settings "
                               f"differ; give one of them another `name` (teacher outputs are shared by name)")
         seen.setdefault(t, (p, spec))
+    # a self-built teacher is also its tokenizer, its build recipe and its shipped files: the same settings on
+    # another tokenizer (a same-tokenizer twin of a pair) are another model
+    built: dict[str, tuple[str, list]] = {}
+    for p in pairs:
+        ps = cfg["pairs"][p]
+        if "arch" not in ps["teacher"]:
+            continue
+        t, b = teacher_name(ps), ps.get("build") or {}
+        key = [ps.get("tokenizers"), b.get("teacher_pretrain"), b.get("teacher_sft"), ps.get("shipped")]
+        if t in built and built[t][1] != key:
+            raise ConfigError(f"pairs.{p}.teacher: named {t!r} like pairs.{built[t][0]}.teacher, but it is another "
+                              f"model (its tokenizers, build or shipped folder differ); give one of them another "
+                              f"`name` (teacher outputs are shared by name)")
+        built.setdefault(t, (p, key))
 
 
 def tables(prof: dict, default_only: bool = False) -> dict[str, list[str]]:
     """The result tables of a profile: ``main`` (below the copy floor and the teacher) and, when the profile
-    has a non-empty ``ablation_table``, ``ablation`` (its runs only, in order: the paper's Table 3 layout).
+    has a non-empty ``ablation_table``, ``ablation`` (its runs only, in order: the paper's Table 3 layout), and
+    likewise ``on_policy`` (``on_policy_table``: off-policy and on-policy runs side by side).
     ``default_only``: the tables of the default target (``snakemake``): ``ablation`` only when the profile's
-    ``ablation_in_all`` is true (default); otherwise it is the separate target ``snakemake ablation``."""
+    ``ablation_in_all`` is true (default); otherwise it is the separate target ``snakemake ablation``; the same
+    for ``on_policy`` with ``on_policy_in_all`` (``snakemake on_policy``)."""
     out = {"main": list(prof["main_table"])}
     if prof.get("ablation_table") and (not default_only or prof.get("ablation_in_all", True)):
         out["ablation"] = list(prof["ablation_table"])
+    if prof.get("on_policy_table") and (not default_only or prof.get("on_policy_in_all", True)):
+        out["on_policy"] = list(prof["on_policy_table"])
     return out
 
 
@@ -343,16 +408,38 @@ def profile(cfg: dict) -> dict[str, Any]:
     return _over_defaults(cfg, cfg["profile"])
 
 
+def same_vocab(prof: dict) -> tuple[str, list[str]] | None:
+    """``(pair, runs)`` of the profile's same-vocabulary table (DSKD's Table 1 layout), or None when it has none
+    (no ``same_vocab_pair``). The pair runs these runs only (and its teacher's evaluation), no other table."""
+    p = prof.get("same_vocab_pair")
+    return (p, list(prof.get("same_vocab_table") or [])) if p else None
+
+
+def same_vocab_in_default(prof: dict) -> bool:
+    """Whether the default target (``snakemake``) builds the same-vocabulary table (``same_vocab_in_all``, default
+    true); otherwise it is the separate target ``snakemake same_vocab``."""
+    return same_vocab(prof) is not None and prof.get("same_vocab_in_all", True)
+
+
+def profile_pairs(prof: dict) -> list[str]:
+    """Every pair the profile trains on: its ``pairs`` (every table but the same-vocabulary one), then the
+    same-vocabulary table's pair (``same_vocab``) when it is not one of them."""
+    sv = same_vocab(prof)
+    return list(dict.fromkeys([*prof["pairs"], *([sv[0]] if sv else [])]))
+
+
 def pair_name(cfg: dict, name: str | None = None) -> str:
-    """``name`` checked against the profile's pairs, or the profile's only pair when ``name`` is None."""
-    pairs = profile(cfg)["pairs"]
+    """``name`` checked against the profile's pairs (``profile_pairs``: the same-vocabulary table's pair too), or
+    the profile's only pair of ``pairs`` when ``name`` is None."""
+    prof = profile(cfg)
+    pairs = prof["pairs"]
     if name is None:
         if len(pairs) != 1:
             raise ConfigError(f"profile {cfg['profile']!r} runs several pairs ({', '.join(pairs)}): "
                               f"choose one with --pair")
         return pairs[0]
-    if name not in pairs:
-        raise ConfigError(f"--pair {name}: profile {cfg['profile']!r} runs the pairs {pairs}")
+    if name not in profile_pairs(prof):
+        raise ConfigError(f"--pair {name}: profile {cfg['profile']!r} runs the pairs {profile_pairs(prof)}")
     return name
 
 
@@ -381,8 +468,16 @@ def vocab_map_name(pair_spec: dict) -> str:
 
 
 def train_overrides(cfg: dict, run: str, pair_name_: str | None = None) -> dict:
-    """A run's TrainConfig overrides: the profile's ``train``, then the pair's, then the run's (later wins)."""
-    return {**profile(cfg)["train"], **pair(cfg, pair_name_).get("train", {}), **run_spec(cfg, run).get("train", {})}
+    """A run's TrainConfig overrides: the profile's ``train``, then the pair's, then the run's (later wins). A run
+    that trains on-policy (``on_policy_ratio`` > 0) also takes the profile's ``on_policy_train`` (its schedule
+    scaled to the profile's epochs, the length of its samples), after the profile's ``train``: the other runs'
+    settings, and so their jobs, do not depend on it."""
+    prof, own = profile(cfg), run_spec(cfg, run).get("train", {})
+    pair_train = pair(cfg, pair_name_).get("train", {})
+    out = {**prof["train"], **pair_train, **own}
+    if (out.get("on_policy_ratio") or 0) > 0 and prof.get("on_policy_train"):
+        out = {**prof["train"], **prof["on_policy_train"], **pair_train, **own}
+    return out
 
 
 def run_spec(cfg: dict, run: str) -> dict:

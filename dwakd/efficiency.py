@@ -6,7 +6,10 @@ per end-of-epoch evaluation (``step``, ``epoch``, ``dev_<metric>``); only the st
 ``loss``) are read, the last line of a step when a resumed run logged it twice.
 
 - ``efficiency_frame``: per run, the median seconds per step, the peak memory (maximum of ``peak_mem_mb``,
-  MiB), the median tokens/s and the number of steps, with the time and memory as multiples of SFT's;
+  MiB), the median tokens/s and the number of steps, with the time and memory as multiples of SFT's; when a
+  run trained on-policy (its log has ``on_policy``, ``gen_s``, ``kd_tokens``: ``dwakd.train.Trainer.kd_batches``),
+  also the cost of the student's sampling: its on-policy steps, the mean sampling seconds per step and their
+  share of the training time (``GENERATION_COLUMNS``; 0 for the other runs);
 - ``curves_frame``: every numeric loss term per step in long format ``run, method, step, term, value``
   (everything numeric but ``NOT_TERMS`` and the ``dev_*`` evaluations);
 - ``published_efficiency``: ours beside the paper's Table 7 (``config/published.yaml``, ``efficiency``), as
@@ -29,9 +32,13 @@ from dwakd.atomic import atomic_file
 from dwakd.report import latex_text, to_latex, to_markdown, write_table_files
 
 # the log's fields that are not loss terms
-NOT_TERMS = ("step", "epoch", "lr", "grad_norm", "tokens", "step_time_s", "tokens_per_s", "peak_mem_mb")
+NOT_TERMS = ("step", "epoch", "lr", "grad_norm", "tokens", "step_time_s", "tokens_per_s", "peak_mem_mb", "on_policy",
+             "gen_s", "kd_tokens")
 EFFICIENCY_COLUMNS = ["run", "method", "steps", "s_per_step_median", "s_per_step_vs_sft", "peak_mem_mib",
                       "peak_mem_vs_sft", "tokens_per_s_median"]
+#: the sampling cost of on-policy runs (only in tables that have one): steps with a sampled micro-batch, mean
+#: sampling seconds per step (all steps), sampling seconds / training seconds
+GENERATION_COLUMNS = ["on_policy_steps", "gen_s_per_step", "gen_share"]
 CURVE_COLUMNS = ["run", "method", "step", "term", "value"]
 
 
@@ -76,7 +83,13 @@ def efficiency_frame(logs: dict[str, pd.DataFrame], titles: dict, reference: str
     ref = eff.set_index("run").loc[reference] if reference in logs else None
     eff["s_per_step_vs_sft"] = eff.s_per_step_median / ref.s_per_step_median if ref is not None else np.nan
     eff["peak_mem_vs_sft"] = eff.peak_mem_mib / ref.peak_mem_mib if ref is not None else np.nan
-    return eff[EFFICIENCY_COLUMNS]
+    if not any("gen_s" in d for d in logs.values()):
+        return eff[EFFICIENCY_COLUMNS]
+    gen = [d.gen_s if "gen_s" in d else pd.Series(0.0, index=d.index) for d in logs.values()]
+    eff["on_policy_steps"] = [int((d.on_policy > 0).sum()) if "on_policy" in d else 0 for d in logs.values()]
+    eff["gen_s_per_step"] = [g.mean() for g in gen]
+    eff["gen_share"] = [g.sum() / d.step_time_s.sum() for g, d in zip(gen, logs.values())]
+    return eff[EFFICIENCY_COLUMNS + GENERATION_COLUMNS]
 
 
 def curves_frame(logs: dict[str, pd.DataFrame], titles: dict) -> pd.DataFrame:
@@ -108,6 +121,10 @@ def efficiency_wide(eff: pd.DataFrame) -> pd.DataFrame:
                         "memory × SFT": eff.peak_mem_vs_sft.map(_x),
                         "tokens/s (median)": eff.tokens_per_s_median.map(lambda v: f"{v:,.0f}"),
                         "steps": eff.steps})
+    if "gen_share" in eff:
+        out["on-policy steps"] = eff.on_policy_steps.to_numpy()
+        out["generation s/step (mean)"] = eff.gen_s_per_step.map(lambda v: f"{v:.3f}").to_numpy()
+        out["generation share of time"] = eff.gen_share.map(lambda v: f"{v:.0%}").to_numpy()
     out.index = pd.Index(eff.method, name="Method")
     return out
 
@@ -173,6 +190,10 @@ def write_efficiency(t: dict, out: Path, name: str = "efficiency", curves: str =
     note = ("Peak memory: torch.cuda.max_memory_allocated on a GPU, the training process's maximum resident set "
             "size on a CPU (model, teacher and Python included). tokens/s: input tokens (prompt + response) "
             "per second. Wall-clock times of this machine, beside whatever else it ran.")
+    if "gen_share" in t["frame"]:
+        note += (" On-policy runs: s/step includes the student's sampling; on-policy steps are those with a "
+                 "micro-batch of the student's samples, generation s/step the sampling seconds averaged over all "
+                 "steps, generation share those seconds over the training seconds.")
     md = [f"## {title}\n", to_markdown(t["table"]), "", note]
     tex = [f"% {title}", to_latex(t["table"]), latex_text(note)]
     pub = t.get("published")

@@ -516,3 +516,78 @@ def write_tables(t: dict, out: Path, name: str) -> None:
         md += ["", f"## {title}\n", to_markdown(pub["table"], index=False), "", src]
         tex += [f"% {title}", to_latex(pub["table"], index=False), latex_text(src)]
     write_table_files(out, name, md, tex, t["long"], title=f"{name.capitalize()} table")
+
+
+# ------------------------------------------------------------------------------------ the same-vocabulary table
+
+SAME_VOCAB = "same_vocab"  # the table's name: tables/same_vocab.{md,csv,tex,html}
+_FRAMEWORK = re.compile(r"^(.*\S)\s*\(([^()]*)\)\s*$")  # "Vanilla KD (KL)" → framework, divergence
+
+
+def framework_of(title: str) -> tuple[str, str]:
+    """A row title ``"Framework (divergence)"`` split in two (``"DSKD (RKL)"`` → ``("DSKD", "RKL")``); a title
+    without a parenthesised suffix is a framework of its own (``"SFT"`` → ``("SFT", "–")``)."""
+    m = _FRAMEWORK.match(title)
+    return (m.group(1), m.group(2)) if m else (title, "–")
+
+
+def _grouped(table: pd.DataFrame) -> pd.DataFrame:
+    """A ``wide`` table (index: row titles) as ``Framework``, ``Divergence`` + its columns, the framework written
+    on the first row of its group only."""
+    fw = [framework_of(t) for t in table.index]
+    out = table.reset_index(drop=True)
+    shown = [f if k == 0 or fw[k - 1][0] != f else "" for k, (f, _) in enumerate(fw)]
+    out.insert(0, "Divergence", [d for _, d in fw])
+    out.insert(0, "Framework", shown)
+    return out
+
+
+def same_vocab_rows(runs: list[str], titles: dict) -> list[str]:
+    """The rows of the same-vocabulary table: the runs grouped by framework (``framework_of`` their titles; groups
+    in the order of their first run, runs in their order within a group), then the teacher."""
+    order = list(dict.fromkeys(framework_of(titles.get(r, r))[0] for r in runs))
+    return sorted(runs, key=lambda r: order.index(framework_of(titles.get(r, r))[0])) + [TEACHER]
+
+
+def same_vocab_table(eval_dir: Path, runs: list[str], sets: list[str], titles: dict, set_titles: dict, *,
+                     pair: str, baselines: list[str] = (), bootstrap: BootstrapConfig | None = None,
+                     published: dict | None = None) -> dict:
+    """DSKD's Table 1 layout (Zhang et al., EMNLP 2024, arXiv 2406.17328): a teacher and a student that share one
+    tokenizer, rows grouped by framework (``same_vocab_rows``: SFT; Vanilla KD × divergences; DSKD × divergences;
+    the teacher last), columns ``sets`` + Avg, ROUGE-L and bits per byte, significance markers against
+    ``baselines`` and published numbers as in ``main_table`` (whose result this extends with ``grouped``: the
+    two metrics' tables with ``Framework`` and ``Divergence`` columns, and those two columns in the CSV)."""
+    rows = same_vocab_rows(list(runs), titles)
+    t = main_table(eval_dir, rows, sets, titles, set_titles, baselines=baselines, bootstrap=bootstrap,
+                   published=published)
+    t["grouped"] = {m: _grouped(t[m]) for m in METRICS}
+    fw = pd.DataFrame([(r, *framework_of(titles.get(r, r))) for r in rows], columns=["run", "framework", "divergence"])
+    t["long"] = t["long"].merge(fw, on="run", how="left")
+    t["pair"] = pair
+    return t
+
+
+def write_same_vocab(t: dict, out: Path) -> None:
+    """``same_vocab``.md / .tex / .html (both metrics, grouped by framework; published numbers when given) and
+    ``same_vocab``.csv (long format with ``framework`` and ``divergence``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    head = (f"Same-vocabulary distillation on the pair {t['pair']} (teacher and student share one tokenizer; the "
+            f"teacher reads the student's token ids): the current white-box KD framework and DSKD under each "
+            f"divergence (KL = forward KL), DSKD's Table 1 layout.")
+    nb = t.get("n_samples_bpb") or {}
+    ns = ", ".join(f"{k} {v}" + (f" (bits per byte {nb[k]})" if nb.get(k) not in (None, str(v)) else "")
+                   for k, v in t["n_samples"].items())
+    md, tex = [head, ""], [f"% {latex_text(head)}"]
+    for metric, heading, legend in (
+            ("rougeL", "ROUGE-L F1 (×100, higher is better; mean ± std over generation seeds)", t["legend"]),
+            ("bpb", "Response bits per byte (teacher forcing, lower is better; deterministic)", t["legend_bpb"])):
+        md += [f"## {heading}\n", to_markdown(t["grouped"][metric], index=False), "", *legend, *([""] if legend else [])]
+        tex += [f"% {heading}", to_latex(t["grouped"][metric], index=False), *(latex_text(x) + r"\\" for x in legend)]
+    md.append(f"Samples per set: {ns}.")
+    pub = t.get("published")
+    if pub is not None:
+        title = f"Published (paper) and difference: ROUGE-L, {pub['title']}"
+        src = "Published: " + "; ".join(pub["sources"]) + " (config/published.yaml). Ours: mean over seeds."
+        md += ["", f"## {title}\n", to_markdown(pub["table"], index=False), "", src]
+        tex += [f"% {title}", to_latex(pub["table"], index=False), latex_text(src)]
+    write_table_files(out, SAME_VOCAB, md, tex, t["long"], title="Same-vocabulary table (DSKD Table 1 layout)")

@@ -46,7 +46,7 @@ def build_run(cfg: dict, name: str, pair: str | None = None, *, vocab_map: str |
     file for a method that reads one (``Method.needs_vocab_map``; ``dwakd train --vocab-map``); ``max_steps``:
     stop after that many optimiser steps (0: the configured schedule; ``--max-steps``)."""
     from dwakd.registry import available, get_method
-    from dwakd.train import TrainConfig
+    from dwakd.train import TrainConfig, check_on_policy
 
     spec = C.run_spec(cfg, name)
     if spec["method"] not in available():
@@ -54,6 +54,7 @@ def build_run(cfg: dict, name: str, pair: str | None = None, *, vocab_map: str |
     cls = get_method(spec["method"])
     mcfg = from_dict(cls.Config, spec.get("config"), f"runs.{name}.config")
     tcfg = from_dict(TrainConfig, C.train_overrides(cfg, name, pair), f"runs.{name}.train")
+    check_on_policy(cls, tcfg, f"runs.{name}.train")
     if vocab_map is not None:
         if not cls.needs_vocab_map:
             raise ConfigError(f"--vocab-map: run {name} (method {cls.name}) takes no vocabulary map")

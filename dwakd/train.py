@@ -5,7 +5,9 @@ gradient clipping, gradient accumulation, per-token loss normalisation over the 
 autocast on GPU, a JSONL log per optimiser step, a checkpoint after every epoch (and every
 ``save_every_steps``), dev-set selection of the best epoch, and ``resume`` that continues a killed run with
 the same result as an uninterrupted one. The batches come from ``dwakd.data`` (``encode_records``,
-``epoch_order``, ``collate``), the run's files and their resume from ``dwakd.checkpoint``.
+``epoch_order``, ``collate``), the run's files and their resume from ``dwakd.checkpoint``. On-policy distillation
+(``on_policy_ratio`` > 0, methods with ``Method.on_policy``): the KD part of a micro-batch reads the student's
+own samples (``dwakd.on_policy``), the CE the gold responses (``Trainer.kd_batches``, ``Trainer.on_policy_loss``).
 
 One process, or N under ``accelerate launch`` (DDP; FSDP and DeepSpeed configurations are provided but
 untested): the result does not depend on N (``Trainer``'s docstring says how; config/accelerate/README.md
@@ -35,9 +37,11 @@ from dwakd.checkpoint import (Checkpoints, TrainLog, checkpoint_folder, is_shard
 from dwakd.data import collate, encode_records, epoch_order, pack_blocks, response_length
 from dwakd.errors import ConfigError
 from dwakd.files import write_checksums
-from dwakd.losses.divergences import response_positions
+from dwakd.losses.divergences import response_positions, token_ce
 from dwakd.methods.base import Method
-from dwakd.models import check_position_limits, forward, save_trained
+from dwakd.models import check_position_limits, forward, pad_id, save_trained
+from dwakd.on_policy import new_tokens, plan, prompt_length, sample, sample_item
+from dwakd.settings import check_range
 
 
 @dataclass
@@ -65,6 +69,15 @@ class TrainConfig:
     save_every_steps: int = 0  # > 0: also checkpoint inside an epoch
     num_threads: int = 0  # CPU threads; 0 = torch's default
     progress: bool = True
+    # On-policy distillation (docs/methods.md "On-policy distillation"; DSKD v2 code/arguments.py:71-73, its
+    # scripts' sampling flags, code/distillation.py:145-281)
+    on_policy_ratio: float = 0.0  # P(a micro-batch's KD part reads the student's samples); 0 = off (DSKD v2
+    #                               --stu-gen-ratio, 0.5 once --on-policy is given)
+    on_policy_after_epochs: int = 3  # off-policy epochs first (DSKD v2 --on-policy-after-n-epochs, default 3)
+    on_policy_temperature: float = 1.0  # the student's sampling (DSKD v2 scripts: --do-sample --temperature 1.0)
+    on_policy_top_p: float = 1.0  # (--top-p 1.0)
+    on_policy_top_k: int = 0  # (--top-k 0: off)
+    on_policy_max_new_tokens: int = 0  # cap on a sample's tokens; 0 = none: max_len − max_prompt_len (DSKD v2)
 
     def validate(self, where: str) -> None:
         if self.select_by not in ("rougeL", "loss", "last"):
@@ -72,6 +85,34 @@ class TrainConfig:
         for k in ("epochs", "batch_size", "grad_accum", "max_len", "max_prompt_len"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{where}.{k}: expected a positive integer, got {getattr(self, k)}")
+        check_range(where, "on_policy_ratio", self.on_policy_ratio, 0.0, 1.0)
+        check_range(where, "on_policy_temperature", self.on_policy_temperature, 0.0, lo_open=True)
+        check_range(where, "on_policy_top_p", self.on_policy_top_p, 0.0, 1.0, lo_open=True)
+        for k in ("on_policy_after_epochs", "on_policy_top_k", "on_policy_max_new_tokens"):
+            check_range(where, k, getattr(self, k), 0)
+        if self.on_policy_ratio > 0:
+            if self.on_policy_after_epochs >= self.epochs:
+                raise ConfigError(f"{where}.on_policy_after_epochs: {self.on_policy_after_epochs} off-policy epochs "
+                                  f"leave none of the {self.epochs} epochs on-policy (on_policy_ratio is "
+                                  f"{self.on_policy_ratio}); expected fewer than epochs")
+            if self.pack or self.train_on_prompt:
+                raise ConfigError(f"{where}.on_policy_ratio: on-policy distillation samples responses to prompts; "
+                                  f"pre-training data (pack / train_on_prompt) has none")
+            if self.max_prompt_len >= self.max_len:
+                raise ConfigError(f"{where}.max_len: on-policy sampling needs room for a response after the "
+                                  f"prompt: expected more than max_prompt_len ({self.max_prompt_len}), got "
+                                  f"{self.max_len}")
+
+
+def check_on_policy(method: type[Method], cfg: TrainConfig, where: str) -> None:
+    """A ``ConfigError`` naming ``where``'s ``on_policy_ratio`` and the methods that support it, when ``cfg`` asks
+    for on-policy distillation and ``method`` does not support it (``Method.on_policy``)."""
+    if cfg.on_policy_ratio > 0 and not method.on_policy:
+        from dwakd.config import on_policy_unsupported
+        from dwakd.registry import available, get_method
+
+        able = [n for n in available() if get_method(n).on_policy]
+        raise ConfigError(on_policy_unsupported(where, cfg.on_policy_ratio, method.name, able))
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -161,7 +202,11 @@ class Trainer:
       synchronised gradient; the non-finite checks use these global values, so every process stops at the
       same step; only process 0 writes files, the others wait at barriers;
     * dev-set selection (``make_dev_scorer``) scores a slice of the dev records on each process and sums over
-      the processes: every process gets the single-process number and takes the same decision.
+      the processes: every process gets the single-process number and takes the same decision;
+    * on-policy steps (``kd_batches``): which micro-batches are the student's samples, and their sampling seeds,
+      are functions of (seed, epoch, micro-batch), so every process knows them all; each samples for its own
+      micro-batches, and the response tokens of the step's KD batches (the KD parts' divisor, unknown to the
+      other processes) are all-reduced once per on-policy step.
     """
 
     def __init__(self, method: Method, student, teacher, student_tokenizer, teacher_tokenizer,
@@ -175,6 +220,8 @@ class Trainer:
         self.acc = None  # the Accelerator, made by ``fit``
         self.checkpoints: Checkpoints | None = None  # made by ``fit`` (``_prepare``)
         self.log: TrainLog | None = None  # opened by ``fit`` (``_start``)
+        self.policy_log: dict = {}  # the step's on-policy columns of the log (``kd_batches``)
+        check_on_policy(type(method), cfg, "train")
 
     # -- data ---------------------------------------------------------------------------------
     def make_items(self, records: list[dict]) -> list[dict]:
@@ -223,8 +270,28 @@ class Trainer:
 
     def micro_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if "kd_scale" in batch:  # a micro-batch of an on-policy step (``kd_batches``)
+                return self.on_policy_loss(batch["gold"], batch["kd"], batch["kd_scale"])
             s_out, t_out = self.forward(batch)
             return self.method.loss(batch, s_out, t_out)
+
+    def on_policy_loss(self, gold: dict, kd: dict | None, scale: float
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``ce_weight·CE(gold) + scale·kd_loss(kd)`` and its terms (KD terms × ``scale``): the CE on the gold
+        responses, the KD part on ``kd``, the student's samples (or, None, on the gold batch itself). The loop
+        divides by the step's gold response tokens; ``scale`` = those / the response tokens of the batches the
+        step's KD parts read, so each part is a mean over the tokens it was summed over."""
+        m = self.method
+        if kd is None:
+            s_out, t_out = self.forward(gold)
+            kd, ce_logits = gold, s_out.logits
+        else:
+            sb = gold["student"]
+            ce_logits = forward(self.student, sb["input_ids"], sb["attention_mask"]).logits
+            s_out, t_out = self.forward(kd)
+        ce = token_ce(ce_logits, gold["student"]["labels"])
+        kd_sum, logs = m.kd_loss(kd, s_out, t_out)
+        return m.ce_weight() * ce + scale * kd_sum, {"ce": ce.detach(), **{k: scale * v for k, v in logs.items()}}
 
     # -- processes ----------------------------------------------------------------------------
     @property
@@ -282,6 +349,10 @@ class Trainer:
             raise ConfigError(f"select_by: {cfg.select_by!r} scores the student on dev inside training, which needs "
                               f"the whole student on every process; under {acc.distributed_type.value} use "
                               f"select_by: last, or DDP (config/accelerate/ddp.yaml)")
+        if self._sharded() and cfg.on_policy_ratio > 0:
+            raise ConfigError(f"on_policy_ratio: the student samples its own responses inside training, which needs "
+                              f"the whole student on every process; under {acc.distributed_type.value} use "
+                              f"on_policy_ratio: 0, or DDP (config/accelerate/ddp.yaml)")
         if acc.num_processes > 1 and cfg.grad_accum % acc.num_processes and acc.is_main_process:
             print(f"dwakd train: grad_accum={cfg.grad_accum} micro-batches per step are not a multiple of "
                   f"{acc.num_processes} processes: some processes idle in every step", file=sys.stderr)
@@ -327,7 +398,8 @@ class Trainer:
                 state["step"] += 1
                 state["micro"] += len(group)
                 self.log.write({"step": state["step"], "epoch": state["epoch"], "loss": loss, **terms, "lr": lr,
-                                "grad_norm": gnorm, "tokens": n_tok, **self._speed(t0, items, group)})
+                                "grad_norm": gnorm, "tokens": n_tok, **self.policy_log,
+                                **self._speed(t0, items, group)})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}")
                 if cfg.save_every_steps and state["step"] % cfg.save_every_steps == 0 and state["step"] < total:
@@ -409,10 +481,13 @@ class Trainer:
         acc, world, rank = self.acc, self.acc.num_processes, self.acc.process_index
         # (micro-batch number within the step, weight): a process without one runs the first with weight 0
         jobs = [(k, 1.0) for k in range(rank, len(group), world)] or [(0, 0.0)]
+        kd = self.kd_batches(items, group, state, jobs, denom)
         loss_local, terms_local = 0.0, {}
         for j, (k, w) in enumerate(jobs):
             last = j == len(jobs) - 1
             batch = self.batch([items[i] for i in group[k]])
+            if kd:  # an on-policy step: the CE reads ``batch``, the KD part ``kd``'s batch (``on_policy_loss``)
+                batch = {"gold": batch, "kd": kd["batches"].get(k), "kd_scale": kd["scale"]}
             torch.manual_seed(micro_seed(self.cfg.seed, state["epoch"], state["micro"] + k))
             acc.sync_gradients = last  # DeepSpeed: the accumulation boundary; DDP: no_sync below
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
@@ -428,6 +503,58 @@ class Trainer:
                         self._stop(f"non-finite loss {loss_total}", state, terms, items, group)
                 acc.backward(loss_sum * (w * world / denom))
         return loss_total, terms
+
+    def kd_batches(self, items: list[dict], group: list[list[int]], state: dict, jobs: list[tuple[int, float]],
+                   denom: int) -> dict:
+        """The KD batches of an on-policy step: ``{}`` for a step with no micro-batch drawn (``dwakd.on_policy
+        .plan``; every process knows the draws of all of them); else ``{"batches": {k: the batch of the student's
+        samples for each of this process's drawn micro-batches k}, "scale": denom / n_kd}``, n_kd = the response
+        tokens of the step's KD batches (the samples where drawn, the gold responses elsewhere; summed over the
+        processes, DSKD v2's ``op_loss_denom``). Sets ``policy_log``: ``on_policy`` (the step's drawn fraction),
+        ``gen_s`` (this process's sampling seconds) and ``kd_tokens`` (n_kd), for runs with ``on_policy_ratio``."""
+        cfg = self.cfg
+        if cfg.on_policy_ratio <= 0:
+            return {}
+        self.policy_log = {"on_policy": 0.0, "gen_s": 0.0, "kd_tokens": denom}
+        if state["epoch"] < cfg.on_policy_after_epochs:
+            return {}
+        draws = [plan(cfg.seed, state["epoch"], state["micro"] + k, cfg.on_policy_ratio) for k in range(len(group))]
+        if not any(d for d, _ in draws):
+            return {}
+        t0 = time.perf_counter()
+        batches, n_local = {}, 0
+        for k, w in jobs:
+            gold = [items[i] for i in group[k]]
+            if w == 0 or not draws[k][0]:  # the gold batch (weight 0: a process's stand-in, counted elsewhere)
+                n_local += w * sum(response_length(x) for x in gold)
+                continue
+            batches[k], n = self.sample_batch(gold, draws[k][1])
+            n_local += n
+        gen_s = time.perf_counter() - t0
+        (n_kd,) = reduce_sum([n_local], self.acc.device)
+        self.policy_log = {"on_policy": sum(d for d, _ in draws) / len(group), "gen_s": gen_s, "kd_tokens": int(n_kd)}
+        return {"batches": batches, "scale": denom / max(n_kd, 1)}
+
+    def sample_batch(self, gold: list[dict], seed: int) -> tuple[dict, int]:
+        """``(batch, response tokens)`` of the student's samples for the prompts of the items ``gold`` (one
+        ``dwakd.on_policy.sample`` call seeded with ``seed``, the settings' sampling), flagged ``on_policy``."""
+        cfg = self.cfg
+        responses = sample(self.student, [x["input_ids"][:prompt_length(x["labels"])] for x in gold],
+                           pad_id=pad_id(self.stok, self.student), eos_id=self.stok.eos_token_id,
+                           temperature=cfg.on_policy_temperature, top_p=cfg.on_policy_top_p, top_k=cfg.on_policy_top_k,
+                           max_new_tokens=new_tokens(cfg.max_len, cfg.max_prompt_len, cfg.on_policy_max_new_tokens),
+                           seed=seed, amp=self.amp)
+        items = [self.kd_item(x, r) for x, r in zip(gold, responses)]
+        return {**self.batch(items), "on_policy": True}, sum(response_length(x) for x in items)
+
+    def kd_item(self, gold: dict, response: list[int]) -> dict:
+        """The item of one sampled ``response`` to ``gold``'s prompt (``dwakd.on_policy.sample_item``), with its
+        token alignment when the method caches one (``Method.token_pairs``)."""
+        x = sample_item(gold, response, self.stok, self.ttok, self.cfg.max_len)
+        pairs = getattr(self.method, "token_pairs", None)
+        if pairs is not None and "teacher" in x:
+            x["pairs"] = pairs(x["labels"], x["teacher"]["labels"])
+        return x
 
     def _stop(self, what: str, state: dict, terms: dict, items: list[dict], group: list[list[int]]) -> None:
         latest = self.checkpoints.latest()

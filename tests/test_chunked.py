@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from baselines.uld import sorted_probs, uld_distance
+from dwakd.align.projection import s2t_matrix
+from dwakd.align.responses import aligned_tensors, response_mask
 from dwakd.errors import ConfigError
 from dwakd.losses import chunked
 from dwakd.losses.chunked import rowwise
@@ -19,12 +21,13 @@ from dwakd.losses.divergences import (
     divergence,
     head_ce,
     head_divergence,
+    kl_from_logprobs,
     response_positions,
     token_ce,
 )
 from dwakd.losses.softdtw import cosine_cost
 from dwakd.methods.dwakd import entropy
-from dwakd.models import LMOutput, check_position_limits, forward, load_model, load_tokenizer
+from dwakd.models import LMOutput, check_position_limits, forward, lm_head_weight, load_model, load_tokenizer
 from dwakd.registry import get_method
 from dwakd.settings import from_dict
 from dwakd.train import TrainConfig, Trainer
@@ -67,6 +70,33 @@ def test_rowwise_leaves_inputs_without_grad_alone_and_handles_no_rows():
     torch.testing.assert_close(gx, table[idx])
     empty = rowwise(lambda x: x.sum(-1), [x[:0]], chunk_rows=2)
     assert empty.shape == (0,)
+
+
+def test_rowwise_gathers_rows_from_a_source_in_float64():
+    """``gather_from``: the rows ``source[index]`` read block by block (a repeated index included) = the function
+    on the gathered copy, in value and gradient (finite differences too); the source's gradient is summed over
+    repeated rows, the index's blocks are the row blocks."""
+    def fn(x, y, w):
+        return ((x @ w).log_softmax(-1) * y).sum(-1) + (x ** 3).sum(-1)
+
+    src = _logits(6, 3, seed=20).requires_grad_(True)
+    idx = torch.tensor([4, 0, 5, 4, 2, 1, 4])
+    y = _logits(7, 4, seed=21).requires_grad_(True)
+    w = _logits(3, 4, seed=22, scale=1.0).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda s, y, w: rowwise(fn, [idx, y], [w], chunk_rows=2, gather_from=s),
+                                    (src, y, w))
+    plain = fn(src[idx], y, w)
+    g_plain = torch.autograd.grad(plain.sum(), (src, y, w))
+    for chunk in (1, 3, 7, None):  # 7: one block, still recomputed (only None is the plain call)
+        got = rowwise(fn, [idx, y], [w], chunk_rows=chunk, gather_from=src)
+        assert torch.equal(got, plain)
+        for a, b in zip(g_plain, torch.autograd.grad(got.sum(), (src, y, w))):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    none = rowwise(fn, [idx[:0], y[:0]], [w], chunk_rows=2, gather_from=src)
+    assert none.shape == (0,) and none.requires_grad
+    assert torch.autograd.grad(none.sum() + src.sum(), src)[0].eq(1).all()  # no rows: nothing added
+    with pytest.raises(ValueError, match=r"gather_from, rows\[0\] must be a 1-D long index"):
+        rowwise(fn, [y, y], [w], chunk_rows=2, gather_from=src)
 
 
 # ------------------------------------------------------------------------------------------ divergences
@@ -256,6 +286,111 @@ def test_methods_chunked_with_teacher_rows_and_cached_pairs_equal_the_plain_path
             assert b is None or torch.all(b == 0)
             continue
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def _mined_term_by_term(m, batch, s_out, t_out):
+    """MinED's loss as it was written before the one-pass rows: the CE, the aligned KL on the gathered teacher
+    rows and the one-hot CE of the other response positions, each over all its rows at once."""
+    sl, z, tau, a = batch["student"]["labels"], s_out.logits, m.cfg.temperature, m.cfg.kd_rate
+    b, sp, tp = aligned_tensors(batch, m.align, z.device)
+    ce = F.cross_entropy(z[:, :-1].float().reshape(-1, z.size(-1)), sl[:, 1:].reshape(-1), reduction="sum")
+    rows = t_out.logits_index(b, tp).float()[:, m.s2t.clamp_min(0)].masked_fill(m.s2t < 0, -1e5)
+    target = torch.log_softmax(rows / tau, dim=-1)
+    kd_aligned = kl_from_logprobs(target, z[b, sp], torch.ones_like(b, dtype=torch.bool), tau)
+    other = response_mask(sl)
+    other[b, sp] = False
+    kd_onehot = F.cross_entropy(z[other].float() / tau, sl[:, 1:][other[:, :-1]], reduction="sum")
+    return (1 - a) * ce + a * (kd_aligned + kd_onehot), ce, kd_aligned + kd_onehot
+
+
+def _eta_whole_student_space(m, batch, s_out, t_out):
+    """DSKD-ETA's KD part as it was written before the blockwise student space: z_t2s [N, V_s] formed whole,
+    ``divergence`` on the copied student rows under the agreement mask, plain (one-call) terms."""
+    cfg, (student, teacher) = m.cfg, m._models
+    b, sp, tp = aligned_tensors(batch, m.align, s_out.logits.device)
+    w_s, w_t = lm_head_weight(student).detach(), lm_head_weight(teacher).detach()
+    t_rows = t_out.logits_index(b, tp)
+    h_t2s = m.t2s(t_out.hidden[b, tp].detach().to(m.t2s.weight.dtype))
+    z_t2s = (h_t2s.to(w_s.dtype) @ w_s.T).detach()
+    y_hat = m.label_map[t_rows.argmax(-1)]
+    ce_t2s = F.cross_entropy((h_t2s @ w_s.T).float(), y_hat, ignore_index=-100, reduction="sum")
+    agree = (z_t2s.argmax(-1) == y_hat) & (y_hat != -100)
+    kd_stu = divergence(cfg.divergence, s_out.logits[b, sp], z_t2s, agree, cfg.temperature, chunk_rows=None)
+    z_s2t = (s_out.hidden[b, sp].float() @ s2t_matrix(w_s, m.overlap_student, m.teacher_pinv)) @ w_t.T
+    kd_tea = divergence(cfg.divergence, z_s2t, t_rows, torch.ones_like(b, dtype=torch.bool), cfg.temperature,
+                        chunk_rows=None)
+    return cfg.kd_rate * (ce_t2s + kd_stu + kd_tea), {"ce_t2s": ce_t2s, "kd_stu": kd_stu, "kd_tea": kd_tea,
+                                                      "t2s_agree": agree.sum().float()}
+
+
+def _leaf_outputs(model, b, dtype, grad=True):
+    with torch.no_grad():
+        out = forward(model, b["input_ids"], b["attention_mask"], hidden=True)
+    return LMOutput(logits=out.logits.to(dtype).requires_grad_(grad), hidden=out.hidden.to(dtype).requires_grad_(grad))
+
+
+@pytest.mark.parametrize("rows", [1, 4, None])
+def test_mined_one_pass_equals_the_term_by_term_loss(rows, tiny_pair, dolly_small, tmp_path, monkeypatch):
+    """MinED's one pass over the response rows (CE and KD per row, the student rows read from the logits block
+    by block; blocks of 1 row, a few rows, one block) = the term-by-term loss: value, logs and the gradient of the
+    float64 student logits."""
+    student = load_model(tiny_pair / "student_base")
+    teacher = load_model(tiny_pair / "teacher").requires_grad_(False)
+    stok, ttok = load_tokenizer(tiny_pair / "student_base"), load_tokenizer(tiny_pair / "teacher")
+    m = get_method("mined")(_cfg("mined"), student, teacher, stok, ttok)
+    tr = Trainer(m, student, teacher, stok, ttok, TrainConfig(batch_size=3, max_len=96, max_prompt_len=48,
+                                                               select_by="last", progress=False), tmp_path / "run")
+    batch = tr.batch(tr.make_items([dolly_small[i] for i in (9, 12, 33)]))
+    s_out = _leaf_outputs(student, batch["student"], torch.float64)
+    t_out = _leaf_outputs(teacher, batch["teacher"], torch.float64, grad=False)
+    ref, ce, kd = _mined_term_by_term(m, batch, s_out, t_out)
+    (g_ref,) = torch.autograd.grad(ref, s_out.logits)
+    width = chunked.BLOCK_TENSORS * s_out.logits.size(-1)
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", rows * width if rows else 1 << 40)
+    loss, logs = m.loss(batch, s_out, t_out)
+    assert 0 < logs["aligned_ratio"].item() < int((batch["student"]["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(logs["ce"], ce, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(logs["kd"], kd, rtol=1e-6, atol=1e-6)
+    (g,) = torch.autograd.grad(loss, s_out.logits)
+    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("div", ["fkl", "js"])
+def test_eta_blockwise_student_space_equals_the_whole_z_t2s(div, tiny_pair, dolly_small, tmp_path, monkeypatch):
+    """DSKD-ETA's KD part with z_t2s formed block by block (its argmax, L_ce_t2s, the agreeing rows of L_kd_stu
+    read from the student logits block by block) and L_kd_tea in blocks = the whole-z_t2s formulation: value,
+    logs and gradients (float64 student logits and hidden states, the t2s projector). The teacher logits are
+    edited so that about half of the pairs agree (random heads seldom do)."""
+    student = load_model(tiny_pair / "student_base")
+    teacher = load_model(tiny_pair / "teacher").requires_grad_(False)
+    stok, ttok = load_tokenizer(tiny_pair / "student_base"), load_tokenizer(tiny_pair / "teacher")
+    m = get_method("dskd_eta")(_cfg("dskd_eta") if div == "fkl" else from_dict(get_method("dskd_eta").Config,
+                                                                             {"divergence": div}, "dskd_eta"),
+                               student, teacher, stok, ttok)
+    tr = Trainer(m, student, teacher, stok, ttok, TrainConfig(batch_size=3, max_len=96, max_prompt_len=48,
+                                                               select_by="last", progress=False), tmp_path / "run")
+    batch = tr.batch(tr.make_items([dolly_small[i] for i in (9, 12, 33)]))
+    s_out = _leaf_outputs(student, batch["student"], torch.float64)
+    t_out = _leaf_outputs(teacher, batch["teacher"], torch.float64, grad=False)
+    b, _, tp = aligned_tensors(batch, m.align, "cpu")
+    with torch.no_grad():  # make every other pair agree: the teacher's argmax → the argmax of z_t2s
+        z_arg = (m.t2s(t_out.hidden[b, tp].float()) @ lm_head_weight(student).T).argmax(-1)
+        to_teacher = {int(s): t for t, s in enumerate(m.label_map.tolist()) if s >= 0}
+        for k in range(0, b.numel(), 2):
+            if int(z_arg[k]) in to_teacher:
+                t_out.logits[b[k], tp[k], to_teacher[int(z_arg[k])]] = t_out.logits[b[k], tp[k]].max() + 5.0
+    ref, ref_logs = _eta_whole_student_space(m, batch, s_out, t_out)
+    wrt = (s_out.logits, s_out.hidden, m.t2s.weight)
+    g_ref = torch.autograd.grad(ref, wrt)
+    assert 0 < ref_logs["t2s_agree"].item() < b.numel()
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 3 * len(ttok))
+    kd, logs = m.kd_loss(batch, s_out, t_out)
+    torch.testing.assert_close(kd, ref, rtol=1e-5, atol=1e-5)
+    for k, v in ref_logs.items():
+        torch.testing.assert_close(logs[k], v.to(logs[k].dtype), rtol=1e-5, atol=1e-5)
+    for a, g in zip(g_ref, torch.autograd.grad(kd, wrt)):
+        torch.testing.assert_close(g, a.to(g.dtype), rtol=1e-4, atol=1e-6)
 
 
 def test_lmoutput_rows_reads_like_the_full_layout():

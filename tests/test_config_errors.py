@@ -45,8 +45,8 @@ def _write(tmp_path: Path, changes: dict) -> Path:
 # (id, changes to a copy of config/config.yaml, `--config` overrides, the line expected after "<source>: ")
 CASES = [
     ("misspelled_method", {"runs.dwakd.method": "dwkad"}, [],
-     r"runs\.dwakd\.method: unknown method 'dwkad'; did you mean 'dwakd'\? \(registered: cma_ga, dskd_cma, "
-     r"dskd_eta, dwakd, mined, multilevel_ot, seqkd, sft, uld, vanilla_kd\)"),
+     r"runs\.dwakd\.method: unknown method 'dwkad'; did you mean 'dwakd'\? \(registered: cma_ga, dskd, "
+     r"dskd_cma, dskd_eta, dwakd, mined, multilevel_ot, seqkd, sft, uld, vanilla_kd\)"),
     ("option_of_the_wrong_type", {"runs.dskd_cma.config": {"kd_rate": "high"}}, [],
      r"runs\.dskd_cma\.config\.kd_rate: expected float, got 'high'"),
     ("option_the_method_does_not_have", {"runs.dwakd.config": {"kd_rate": "high"}}, [],

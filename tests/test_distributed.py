@@ -5,7 +5,8 @@ runs this file as a script with the jobs below; each job is also run here in one
 logs (loss and every term per step, learning rate, gradient norm, the dev scores), ``selection.json`` and the
 saved models must agree. The jobs cover: one micro-batch per process per step (SFT, dev ROUGE-L), and an
 uneven split with a process left without a micro-batch in an epoch's last step (DSKD-CMA, whose projectors are
-trained: dev bits per byte), and a non-finite loss in one process's micro-batch only, which must stop both
+trained: dev bits per byte), the same on-policy (the student's samples drawn per micro-batch, their token count
+all-reduced), and a non-finite loss in one process's micro-batch only, which must stop both
 processes at the same step. Also: the accelerate config files of ``config/accelerate`` parse with accelerate's
 own loader.
 """
@@ -33,11 +34,17 @@ JOBS = {
     # and in each epoch's last step process 1 has none (it joins with weight 0)
     "dskd_cma": {"method": "dskd_cma", "records": [20, 34], "dev": [200, 206],
                  "train": {"epochs": 2, "batch_size": 2, "grad_accum": 3, "select_by": "loss"}},
+    # the same, on-policy (docs/methods.md "On-policy distillation"): each process samples for its own drawn
+    # micro-batches; the KD parts' token count is all-reduced, a process without a micro-batch joins with weight 0
+    "dskd_cma_on_policy": {"method": "dskd_cma", "records": [20, 34], "dev": [200, 206],
+                           "train": {"epochs": 2, "batch_size": 2, "grad_accum": 3, "select_by": "loss",
+                                     "on_policy_ratio": 0.5, "on_policy_after_epochs": 0,
+                                     "on_policy_max_new_tokens": 6}},
     # sample 43 gives a NaN loss; it is in a micro-batch of one process only
     "nan": {"method": "sft", "records": [40, 52], "nan_index": 3,
             "train": {"epochs": 1, "batch_size": 2, "grad_accum": 2, "select_by": "last"}},
 }
-NOT_COMPARED = ("step_time_s", "tokens_per_s", "peak_mem_mb")
+NOT_COMPARED = ("step_time_s", "tokens_per_s", "peak_mem_mb", "gen_s")
 
 
 def train_job(pair: Path, out: Path, job: dict) -> None:
@@ -115,7 +122,7 @@ def two_process_runs(tiny_pair, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", ["sft", "dskd_cma"])
+@pytest.mark.parametrize("name", ["sft", "dskd_cma", "dskd_cma_on_policy"])
 def test_two_processes_equal_one_process(name, two_process_runs, tiny_pair, tmp_path):
     one = tmp_path / name
     train_job(tiny_pair, one, JOBS[name])
@@ -139,7 +146,7 @@ def test_two_processes_equal_one_process(name, two_process_runs, tiny_pair, tmp_
     m1, m2 = (load_file(d / "model" / "model.safetensors") for d in (one, two))
     assert m1.keys() == m2.keys()
     assert max(float((m1[k] - m2[k]).abs().max()) for k in m1) < 1e-5
-    if name == "dskd_cma":  # the trained projectors, saved beside the student
+    if name.startswith("dskd_cma"):  # the trained projectors, saved beside the student
         s1, s2 = (torch.load(d / "model" / "method_state.pt", weights_only=True)["state"] for d in (one, two))
         assert s1.keys() == s2.keys() and all(torch.allclose(s1[k], s2[k], atol=1e-5) for k in s1)
     assert not (two / "checkpoints").exists() or not list((two / "checkpoints").glob("*/latest"))

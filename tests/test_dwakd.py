@@ -11,6 +11,8 @@ import torch
 import dwakd.methods.dwakd as dw
 from dwakd.align.cma import next_token_targets
 from dwakd.errors import ConfigError
+from dwakd.losses import chunked
+from dwakd.losses.divergences import divergence, token_ce
 from dwakd.losses.softdtw import soft_dtw_divergence
 from dwakd.models import LMOutput, forward, load_model, load_tokenizer
 from dwakd.registry import get_method
@@ -228,6 +230,136 @@ def test_batched_dtw_terms_match_a_per_sample_computation(variant, case):
             hid = hid + soft_dtw_divergence(h_s, h_t, *n, m.gamma, band)[0]
     torch.testing.assert_close(dtw_emb.detach(), emb, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(dtw_hid.detach(), hid, rtol=1e-4, atol=1e-4)
+
+
+def test_embedding_dtw_reads_the_forwards_lookup_with_the_same_value_and_gradients(tiny_pair, dolly_small,
+                                                                                     tmp_path):
+    """``target_embeddings`` takes e_s(y) from the forward's own lookup (no second [V, d] gradient buffer of the
+    embedding table): in float64 the loss, every term and every gradient (student, teacher-side projectors) equal
+    those of a separate lookup (``embeds=None``), and targets that are not the next input token fall back to it."""
+    student, teacher, stok, ttok = _models(tiny_pair)
+    student, teacher = student.double().eval(), teacher.double()
+    torch.manual_seed(0)
+    m = get_method("dwakd")(_cfg(), student, teacher, stok, ttok).double()
+    tr = _trainer(m, student, teacher, stok, ttok, tmp_path)
+    batch = tr.batch(tr.make_items([dolly_small[i] for i in SHORT]))
+    m.on_step(0.5)
+    params = [*student.named_parameters(), *m.named_parameters()]
+    runs = []
+    for reuse in (True, False):
+        s_out, t_out = tr.forward(batch)
+        if not reuse:
+            s_out = LMOutput(s_out.logits, s_out.hidden, None, s_out.rows)
+        for _, p in params:
+            p.grad = None
+        loss, logs = m.loss(batch, s_out, t_out)
+        loss.backward()
+        runs.append((loss.detach(), logs, {k: p.grad.clone() for k, p in params if p.grad is not None}))
+    (l1, logs1, g1), (l2, logs2, g2) = runs
+    torch.testing.assert_close(l1, l2, rtol=1e-12, atol=1e-12)
+    for k in TERMS:
+        torch.testing.assert_close(logs1[k], logs2[k], rtol=1e-12, atol=1e-12)
+    assert logs1["dtw_emb"] != 0
+    assert g1.keys() == g2.keys() and "emb_t2s.weight" in g1
+    emb_key = next(k for k, p in params if p is student.get_input_embeddings().weight)
+    assert g1[emb_key].abs().sum() > 0
+    for k in g1:
+        torch.testing.assert_close(g1[k], g2[k], rtol=1e-10, atol=1e-12, msg=k)
+    # which path: the forward's rows where the targets are the next inputs, a lookup where they are not
+    s_out, _ = tr.forward(batch)
+    t = m.terms(batch, s_out, t_out)
+    order, _, valid = dw.gather_left(t.student_mask)
+    emb, ids = student.get_input_embeddings(), batch["student"]["input_ids"]
+    y = next_token_targets(batch["student"]["labels"], m.pads[0]).gather(1, order)
+    got = dw.target_embeddings(emb, y, order, valid, ids, s_out.embeds)
+    assert type(got.grad_fn).__name__.startswith("Gather")
+    torch.testing.assert_close(got[valid], emb(y)[valid], rtol=0, atol=0)
+    y_other = torch.where(valid & (torch.arange(y.size(1)) == 0), (y + 1) % emb.num_embeddings, y)
+    other = dw.target_embeddings(emb, y_other, order, valid, ids, s_out.embeds)
+    assert type(other.grad_fn).__name__.startswith("Embedding")
+    torch.testing.assert_close(other, emb(y_other), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def case64(tiny_pair, dolly_small, tmp_path_factory):
+    """``case`` in float64: models, method and outputs in double precision (the outputs' logits sharpened ×10,
+    the CMA projectors fitted on L_ce_t2s first so that the accuracy mask is neither empty nor full)."""
+    student, teacher, stok, ttok = _models(tiny_pair)
+    student, teacher = student.double(), teacher.double()
+
+    def make(name="dwakd", state=None, **over):
+        torch.manual_seed(0)
+        m = get_method(name)(_cfg(name, **over), student, teacher, stok, ttok).double()
+        if state:
+            m.cma.load_state_dict(state)
+        return m
+
+    tr = _trainer(make(), student, teacher, stok, ttok, tmp_path_factory.mktemp("run64"))
+    batch = tr.batch(tr.make_items([dolly_small[i] for i in SHORT[:3]]))
+    with torch.no_grad():
+        t_out = forward(teacher, batch["teacher"]["input_ids"], batch["teacher"]["attention_mask"], hidden=True,
+                        embeds=True)
+        s_out = forward(student, batch["student"]["input_ids"], batch["student"]["attention_mask"], hidden=True,
+                        embeds=True)
+    t_out = LMOutput(t_out.logits * 10, t_out.hidden, t_out.embeds)
+    s_out = LMOutput(*(x.clone().requires_grad_(True) for x in (s_out.logits * 10, s_out.hidden, s_out.embeds)))
+    m = make()
+    opt = torch.optim.Adam(m.cma.parameters(), lr=1e-2)
+    for _ in range(40):
+        opt.zero_grad()
+        (m.terms(batch, s_out, t_out).ce_t2s / 50).backward()
+        opt.step()
+    state = {k: v.detach().clone() for k, v in m.cma.state_dict().items()}
+    return (lambda name="dwakd", **over: make(name, state, **over)), batch, s_out, t_out
+
+
+@pytest.mark.parametrize("name", ["dskd_cma", "dwakd"])
+def test_student_rows_read_in_place_equal_the_copied_rows_in_value_and_gradient(name, case64, monkeypatch):
+    """The memory-saving paths of the CMA terms (issue 18) against the formulation they replace, float64 inputs
+    (the divergences take fp32), in small blocks: L_kd_stu read from the student's logits block by block (``cma_terms``: the accurate rows only;
+    ``cma_terms_per_position``: every row, in one pass with the CE), with z_t2s formed per block = ``divergence``
+    on the copied rows ``logits[mask]`` and the whole z_t2s, plus ``token_ce``; DWA-KD's entropies through the
+    index and its gate block by block = the whole-tensor formulas."""
+    make, batch, s_out, t_out = case64
+    m = make(name)
+    tau, div = m.cfg.temperature, m.cfg.divergence
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 3 * s_out.logits.size(-1))
+    t = m.terms(batch, s_out, t_out)
+    rows = s_out.logits[t.student_mask]  # the old copy
+    assert t.student_logits.data_ptr() == s_out.logits.data_ptr()  # a view: no copy
+    torch.testing.assert_close(t.student_rows(), rows, rtol=0, atol=0)
+    assert 3 < int(t.acc.sum()) < t.acc.numel(), "the accuracy mask must select some rows, not all"
+    z = t.z_t2s()  # the old whole [N_s, V_s] tensor
+    torch.testing.assert_close(t.acc, z.argmax(-1) == next_token_targets(batch["student"]["labels"],
+                                                                         m.pads[0])[t.student_mask], rtol=0, atol=0)
+    if name == "dskd_cma":
+        new, old = t.kd_stu, divergence(div, rows, z, t.acc, tau, chunk_rows=None)
+    else:
+        new = t.kd_stu_pos
+        old = divergence(div, rows, z, torch.ones_like(t.acc), tau, reduction="none", chunk_rows=None)
+    # per row the same arithmetic (the divergences work in fp32 whatever the logits' dtype); DSKD-CMA's scalar is a
+    # sum over rows in fp32, taken in another order (by blocks), so it may differ in the last bits
+    tol = 1e-6 if name == "dskd_cma" else 1e-12
+    torch.testing.assert_close(new, old, rtol=tol, atol=tol)
+    ce_old = token_ce(s_out.logits, batch["student"]["labels"], chunk_rows=None)  # DWA-KD: one pass with L_kd_stu
+    torch.testing.assert_close(t.ce, ce_old, rtol=1e-12, atol=1e-12)
+    g = torch.arange(1.0, new.numel() + 1, dtype=new.dtype).view_as(new)  # a non-uniform upstream gradient
+    g_new, = torch.autograd.grad((g * new).sum() + 0.7 * t.ce, s_out.logits)
+    g_old, = torch.autograd.grad((g * old).sum() + 0.7 * ce_old, s_out.logits)
+    assert g_new.abs().sum() > 0
+    torch.testing.assert_close(g_new, g_old, rtol=1e-12, atol=1e-14)
+    if name == "dwakd":
+        with torch.no_grad():
+            torch.testing.assert_close(dw.entropy(t.student_logits, index=t.student_index),
+                                       dw.entropy(rows, chunk_rows=None), rtol=1e-12, atol=1e-12)
+            zf = z.float()  # the gate is fp32 whatever the logits' dtype
+            torch.testing.assert_close(t.confidence(), torch.exp(zf.max(-1).values - torch.logsumexp(zf, -1)),
+                                       rtol=1e-6, atol=1e-7)
+            w_new = m.token_weights(t, t.student_logits, t.teacher_rows, student_index=t.student_index)
+            t.t2s_conf = torch.exp(zf.max(-1).values - torch.logsumexp(zf, -1))  # the gate from the whole z_t2s
+            w_old = m.token_weights(t, rows, t.teacher_rows)
+        for a, b in zip(w_new, w_old):  # fp32: the entropies and the gate are taken in fp32
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------ band, γ

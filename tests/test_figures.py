@@ -309,9 +309,10 @@ def test_every_profile_figures_section_builds_and_picks_the_runs_with_cross_mode
     from dwakd.attention import attention_runs, figures_config
 
     cfg = C.load()
-    # DSKD-CMA, DSKD-CMA-GA, DWA-KD (+ its ablations when the default target builds the ablation table: tiny;
-    # mini leaves that table to `snakemake ablation`, so its probe covers the main table's three)
-    expect = {"mini": 3, "tiny": 4}
+    # DSKD-CMA, DSKD-CMA-GA, DWA-KD (+ its ablations and DSKD-CMA's on-policy run when the default target builds
+    # the ablation and on-policy tables: tiny; mini leaves those to `snakemake ablation` / `snakemake on_policy`, so
+    # its probe covers the main table's three)
+    expect = {"mini": 3, "tiny": 5}
     for name in cfg["profiles"]:
         c = {**cfg, "profile": name}
         probe_runs, map_runs = attention_runs(c, figures_config(c))
@@ -339,7 +340,7 @@ def test_bad_figures_config_names_the_key(over, message):
 
 def _tiny_cfg(**figures) -> dict:
     over = {"profile": "tiny", "profiles": {"tiny": {
-        "main_table": ["sft", "dskd_cma", "dwakd"], "ablation_table": [],
+        "main_table": ["sft", "dskd_cma", "dwakd"], "ablation_table": [], "on_policy_table": [],
         "train": {"max_prompt_len": 48, "max_len": 96},
         "figures": {"samples": 2, "min_tokens": 2, "max_tokens": 500, "probe_samples": 4, **figures}}}}
     return C.load(None, over)
@@ -459,13 +460,14 @@ def test_figures_and_notebooks_on_the_tiny_run(tiny_run, monkeypatch, tmp_path):
     """The tiny workflow's attention tables and figures, and the notebooks on its tables."""
     tiny = tiny_run / "results" / "tiny" / "tiny"
     tables, figures = tiny / "tables", tiny / "figures"
-    for run in ("dskd_cma", "cma_ga", "dwakd", "dwakd_w_bdtw"):
+    probed = ["dskd_cma", "cma_ga", "dwakd", "dwakd_w_bdtw", "dskd_cma_on_policy"]  # main, ablation, on-policy tables
+    for run in probed:
         assert (tiny / "runs" / run / "model" / "method_state.pt").exists(), run
     att = F.read_table(tables / "attention.csv")
     assert list(dict.fromkeys(att["run"])) == ["dskd_cma", "cma_ga", "dwakd"] and att["sample"].nunique() == 2
     assert set(F.read_table(tables / "attention_band.csv")["run"]) == {"dwakd"}
     pr = F.read_table(tables / "alignment_probe.csv")
-    assert list(pr["run"]) == ["dskd_cma", "cma_ga", "dwakd", "dwakd_w_bdtw"] and (pr["n_aligned_pairs"] > 0).all()
+    assert list(pr["run"]) == probed and (pr["n_aligned_pairs"] > 0).all()
     names = {p.name for p in figures.iterdir()}
     for n in ("attention_1", "attention_2", "alignment_probe", "train_curves", "rougeL"):
         assert {f"{n}.png", f"{n}.pdf"} <= names

@@ -51,11 +51,19 @@ def test_paper_dry_run_lists_the_full_grid(paper_dry_run):
     prof = C.profile(cfg)
     pairs, runs = prof["pairs"], C.table_runs(prof)
     assert len(pairs) == 5 and len(runs) == 17  # 9 main-table runs + 10 ablation rows, 2 shared
+    # the same-vocabulary table's pair (DSKD Table 1): SFT + Vanilla KD and DSKD × 6 divergences, its table only
+    sv_pair, sv_runs = C.same_vocab(prof)
+    assert sv_pair == "gpt2-1.5b_gpt2-120m" and sv_pair not in pairs and len(sv_runs) == 13
     jobs = _jobs(paper_dry_run)
-    assert jobs["train"] == len(pairs) * len(runs)
-    assert jobs["eval"] == len(pairs) * (len(runs) + 1)  # + the copy floor
-    assert jobs["teacher_eval"] == 3 and jobs["teacher_eval_copy"] == len(pairs) * 5  # once per teacher, 5 sets
-    assert jobs["report"] == 2 * len(pairs) and jobs["figures"] == len(pairs) and jobs["models"] == len(pairs)
+    assert jobs["train"] == len(pairs) * len(runs) + len(sv_runs)
+    assert jobs["eval"] == len(pairs) * (len(runs) + 1) + len(sv_runs)  # + the copy floor (main tables only)
+    # once per teacher, 5 sets
+    assert jobs["teacher_eval"] == 4 and jobs["teacher_eval_copy"] == (len(pairs) + 1) * 5
+    assert jobs["report"] == 2 * len(pairs) and jobs["figures"] == len(pairs) and jobs["models"] == len(pairs) + 1
+    assert jobs["same_vocab_report"] == 1 and f"results/paper/{sv_pair}/tables/same_vocab.md" in paper_dry_run
+    sv_trained = set(re.findall(rf"results/paper/{re.escape(sv_pair)}/runs/([^/\s]+)/", paper_dry_run))
+    assert sv_trained == set(sv_runs)  # nothing of the main or ablation tables on this pair
+    assert f"results/paper/{sv_pair}/tables/main.md" not in paper_dry_run
     assert jobs["data_unni"] == 1  # UnNI is one of the paper profile's sets
     for p in pairs:
         for r in runs:
@@ -65,9 +73,9 @@ def test_paper_dry_run_lists_the_full_grid(paper_dry_run):
 
 def test_teacher_outputs_are_computed_once_per_teacher_and_shared(paper_dry_run):
     jobs = _jobs(paper_dry_run)
-    # three published teachers (Qwen1.5-1.8B, Mistral-7B, Qwen2.5-7B-Instruct): one SFT, one set of samples and
-    # one evaluation each
-    assert jobs["hub_teacher_sft"] == 3 and jobs["generate"] == 3 and jobs["teacher_eval"] == 3
+    # three published teachers of the main tables (Qwen1.5-1.8B, Mistral-7B, Qwen2.5-7B-Instruct): one SFT, one set
+    # of samples and one evaluation each; GPT2-1.5B (the same-vocabulary table's): an SFT and an evaluation
+    assert jobs["hub_teacher_sft"] == 4 and jobs["generate"] == 3 and jobs["teacher_eval"] == 4
     # four vocabulary maps: the two GPT2 students of Qwen1.5 share the GPT-2 tokenizer
     assert jobs["vocab_map"] == 4
     cmds = [c for c in paper_dry_run.split("\n") if " train --config " in c]
@@ -84,7 +92,7 @@ def test_paper_training_jobs_run_under_accelerate_with_their_pair(paper_dry_run)
                         for c in cmds)
     assert all(re.search(r"--pair \S+ --run \S+", c) for c in cmds)
     sft = [c for c in paper_dry_run.split("\n") if "--role teacher_sft" in c]
-    assert len(sft) == 3 and all("--dev " in c for c in sft)
+    assert len(sft) == 4 and all("--dev " in c for c in sft)
 
 
 def test_paper_pairs_hold_the_published_settings():
@@ -103,6 +111,18 @@ def test_paper_pairs_hold_the_published_settings():
     assert (t.lr, t.epochs, t.batch_size * t.grad_accum) == (1e-3, 10, 32)  # the pair's overrides win
     t = build_run(cfg, "dwakd", "qwen1.5-1.8b_gpt2-120m").train_config
     assert (t.lr, t.epochs, t.batch_size * t.grad_accum, t.dev_limit) == (5e-4, 20, 32, 0)
+    # the same-vocabulary pair: GPT2-1.5B fine-tuned like MiniLLM's sft_xlarge.sh, the students as DSKD's
+    # scripts/gpt2/{vanilla_kd,dskd}_gpt2_base.sh (lr 5e-4, 20 epochs, batch 32, projector lr 1e-3, α 0.5, τ 2)
+    sv = pairs["gpt2-1.5b_gpt2-120m"]
+    assert sv["teacher"]["hf_id"] == "openai-community/gpt2-xl" and sv["student"]["hf_id"] == "openai-community/gpt2"
+    assert sv["teacher"]["tokenizer"] == sv["student"]["tokenizer"] == "openai-community/gpt2"
+    s = sv["teacher"]["sft"]
+    assert (s["lr"], s["epochs"], s["batch_size"] * s["grad_accum"], s["warmup_ratio"]) == (5e-5, 10, 32, 0.0)
+    for run in ("vanilla_kd_akl", "dskd_fkl"):
+        r = build_run(cfg, run, "gpt2-1.5b_gpt2-120m")
+        t = r.train_config
+        assert (t.lr, t.epochs, t.batch_size * t.grad_accum, t.projector_lr) == (5e-4, 20, 32, 1e-3)
+        assert (r.method_config.kd_rate, r.method_config.temperature) == (0.5, 2.0)
 
 
 def test_a_profile_with_several_pairs_needs_pair_on_the_command_line():

@@ -105,7 +105,7 @@ def test_main_table_keeps_floor_and_teacher_and_an_undefined_table_is_an_error(e
     rc = main(["report", "--config", "config/config.yaml", "--config", str(no_abl), "--eval-dir",
                str(root / "eval"), "--out", str(root / "t2"), "--table", "ablation"])
     assert rc == 2
-    assert "--table ablation: profile 'mini' defines the tables ['main']" in capsys.readouterr().err
+    assert "--table ablation: profile 'mini' defines the tables ['main', 'on_policy']" in capsys.readouterr().err
     assert not (root / "t2").exists()
 
 
@@ -360,7 +360,7 @@ with SnakemakeApi(OutputSettings()) as api:
                       storage_settings=StorageSettings(), snakefile=Path(sys.argv[1]),
                       workdir=Path(tempfile.mkdtemp()))
     items = {}
-    for name in ("report", "significance", "efficiency"):
+    for name in ("report", "significance", "efficiency", "same_vocab_report", "table_efficiency"):
         for o in wf._workflow.get_rule(name).output:
             r = o.flags.get("report")
             if r is not None:
@@ -381,10 +381,12 @@ def test_the_report_rules_put_every_table_in_the_snakemake_report_as_an_html_pag
                        text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     items = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("ITEMS "))[6:])
-    tables = "results/tiny/{pair,tiny}/tables"  # the pair wildcard, constrained to the profile's pairs
+    # the pair wildcard, constrained to the profile's pairs (and the same-vocabulary pair: its own table only)
+    tables, sv = r"results/tiny/{pair,tiny|tiny\-samevocab}/tables", r"results/tiny/{pair,tiny\-samevocab}/tables"
     html = {k: v for k, v in items.items() if k.endswith(".html")}
-    assert sorted(html) == sorted([f"{tables}/{{table,main|ablation}}.html", f"{tables}/significance.html",
-                                   f"{tables}/efficiency.html"])
+    assert sorted(html) == sorted([f"{tables}/{{table,main|ablation|on_policy}}.html", f"{tables}/significance.html",
+                                   f"{tables}/efficiency.html", f"{sv}/same_vocab.html",
+                                   f"{tables}/{{table,on_policy}}_efficiency.html"])
     assert all(v["category"] == "Tables" and v["labels"]["file"] == "HTML table" for v in html.values())
     assert items[f"{tables}/significance.csv"]["labels"] == {"table": "significance", "file": "long format (CSV)"}
 

@@ -50,14 +50,15 @@ def test_seqkd_trains_on_the_teacher_samples_and_mined_reads_the_vocab_map(tmp_p
     r = snakemake("-n", "-p", "-d", str(tmp_path), "--cores", "2", "--config", "profile=tiny")
     out = r.stdout + r.stderr
     cmds = [ln.split("Shell command: ", 1)[1] for ln in out.splitlines() if ln.startswith("Shell command: ")]
-    train = {c.split("--run ")[1].split()[0]: c for c in cmds if " train " in c}
+    train = {c.split("--run ")[1].split()[0]: c for c in cmds if " train " in c and "--pair tiny " in c}
     assert set(train) == {"sft", "seqkd", "uld", "mined", "multilevel_ot", "dskd_cma", "dskd_eta", "cma_ga", "dwakd",
-                          "dwakd_w_bdtw"}
+                          "dwakd_w_bdtw", "dskd_cma_on_policy"}
     gen = "results/tiny/teachers/qwen2/generated/teacher_train.jsonl"  # per teacher (named by its arch here)
     vmap = "results/tiny/vocab_maps/qwen2__llama.json"  # per teacher and student tokenizer
     assert f"--train-file {gen}" in train["seqkd"] and "--vocab-map" not in train["seqkd"]
     assert f"--vocab-map {vmap}" in train["mined"] and "--train-file results/tiny/data/train.jsonl" in train["mined"]
-    for run in ("sft", "uld", "multilevel_ot", "dskd_cma", "dskd_eta", "cma_ga", "dwakd", "dwakd_w_bdtw"):
+    for run in ("sft", "uld", "multilevel_ot", "dskd_cma", "dskd_eta", "cma_ga", "dwakd", "dwakd_w_bdtw",
+                "dskd_cma_on_policy"):
         assert "--train-file results/tiny/data/train.jsonl" in train[run] and "--vocab-map" not in train[run]
     # one generate job and one vocab_map job for the pair, shared by every run that needs them
     assert sum(f"--out {gen}" in c for c in cmds) == 1 and sum(f"--out {vmap}" in c for c in cmds) == 1
@@ -109,7 +110,29 @@ def test_tiny_profile_runs_end_to_end(tiny_run):
     assert "dwakd,DWA-KD,dskd_cma,DSKD-CMA,bpb,avg," in sig  # bits per byte per prompt (bpb_samples) too
     eff = (tables / "efficiency.md").read_text()
     assert all(f"| {m} " in eff for m in ("SFT", "DSKD-CMA", "DWA-KD", "w/ bDTW"))
+    # the on-policy table (tiny's default target): DSKD-CMA beside its on-policy run, whose sampling cost the
+    # efficiency table shows and whose log says which steps sampled
+    on_policy = (tables / "on_policy.md").read_text()
+    rows = [ln.split("|")[1].strip() for ln in on_policy.split("## ")[1].splitlines() if ln.startswith("| ")]
+    assert rows[1:] == ["DSKD-CMA", "DSKD-CMA (on-policy)"], rows
+    assert "generation share of time" in eff and "| DSKD-CMA (on-policy) " in eff
+    log = [json.loads(ln) for ln in (tiny / "runs" / "dskd_cma_on_policy" / "train_log.jsonl").read_text().splitlines()]
+    assert any(x.get("on_policy") for x in log) and all("gen_s" in x for x in log if "loss" in x)
     assert (tables / "train_curves.csv").read_text().startswith("run,method,step,term,value\n")
+    # the same-vocabulary table (DSKD Table 1 layout) on tiny's same-tokenizer twin, which trains its runs only
+    sv = results / "tiny-samevocab"
+    same = (sv / "tables" / "same_vocab.md").read_text()
+    rows = [[c.strip() for c in ln.split("|")[1:3]] for ln in same.split("## ")[1].splitlines() if ln.startswith("| ")]
+    assert rows == [["Framework", "Divergence"], ["SFT", "–"], ["Vanilla KD", "KL"], ["", "RKL"], ["DSKD", "KL"],
+                    ["", "RKL"], ["Teacher", "–"]], rows
+    assert sorted(x.name for x in (sv / "runs").iterdir()) == ["dskd_fkl", "dskd_rkl", "sft", "vanilla_kd_fkl",
+                                                              "vanilla_kd_rkl"]
+    assert not (sv / "tables" / "main.md").exists()
+    assert (sv / "tables" / "same_vocab.csv").exists() and (sv / "tables" / "same_vocab.tex").exists()
+    from dwakd.models import load_tokenizer
+
+    assert (load_tokenizer(sv / "models" / "teacher").get_vocab()
+            == load_tokenizer(sv / "models" / "student_base").get_vocab())
     run = tiny / "runs" / "sft"
     assert (run / "resolved_config.yaml").exists() and (run / "selection.json").exists()
     ev = json.loads((tiny / "eval" / "sft" / "dolly.json").read_text())
@@ -141,6 +164,7 @@ def test_snakemake_report_is_one_html_file_with_the_tables_and_figures(tiny_run,
     snakemake("-d", str(tiny_run), "--config", "profile=tiny", "--report", str(out))
     html = out.read_text(errors="replace")
     for name in ("main.csv", "ablation.csv", "significance.csv", "efficiency.csv", "train_curves.csv",
+                 "same_vocab.csv", "same_vocab.html",
                  "main.html", "ablation.html", "significance.html", "efficiency.html",  # shown in the page
                  "attention_1.png", "alignment_probe.png", "train_curves.png", "rougeL.png"):
         assert name in html, name

@@ -53,7 +53,8 @@ def response_positions(labels: torch.Tensor) -> torch.Tensor:
 def token_ce(logits: torch.Tensor, labels: torch.Tensor, *, chunk_rows: ChunkRows = "auto") -> torch.Tensor:
     """``−Σ log p(y_i)`` over response tokens (a scalar sum, computed in fp32).
 
-    Large calls (``chunk_rows``, module docstring) take the response rows only and evaluate them in blocks."""
+    Large calls (``chunk_rows``, module docstring) read the response rows of ``logits`` block by block
+    (``rowwise(..., gather_from=...)``: no copy of the rows; the gradient is one buffer of the logits' shape)."""
     lg, lb = shift(logits, labels)
     keep = lb != IGNORE
     n = int(keep.sum()) if chunk_rows is not None else 0
@@ -61,7 +62,9 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor, *, chunk_rows: ChunkRow
     if rows is None:
         return F.cross_entropy(lg.float().reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=IGNORE,
                                reduction="sum")
-    return rowwise(_ce_rows, [lg[keep], lb[keep]], chunk_rows=rows).sum()
+    index = response_positions(labels).flatten().nonzero().squeeze(1)  # row-major, as lg[keep]
+    return rowwise(_ce_rows, [index, lb[keep]], chunk_rows=rows,
+                   gather_from=logits.reshape(-1, logits.size(-1))).sum()
 
 
 def head_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -108,8 +111,8 @@ _NEG = -1e30  # stands in for −inf logits: exp() underflows to 0, differences 
 
 
 def _finite_logp(x: torch.Tensor) -> torch.Tensor:
-    """Replace −inf by a large finite negative (no NaN in differences or in gradients)."""
-    return torch.where(torch.isneginf(x), torch.full_like(x, _NEG), x)
+    """Replace −inf by a large finite negative (no NaN in differences or in gradients); a new tensor."""
+    return x.masked_fill(torch.isneginf(x), _NEG)
 
 
 def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
@@ -125,9 +128,10 @@ def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: tor
 
 
 def _masked_logp(logits: torch.Tensor, keep: torch.Tensor, temperature: float) -> torch.Tensor:
-    """fp32 ``log_softmax(logits / τ)`` with masked rows zeroed first (no garbage reaches the graph)."""
-    x = torch.where(keep.unsqueeze(-1), _finite_logp(logits.float()), 0.0)
-    return torch.log_softmax(x / temperature, dim=-1)
+    """fp32 ``log_softmax(logits / τ)`` with masked rows zeroed first (no garbage reaches the graph). One
+    ``[..., V]`` copy before the log-softmax, modified in place (the values of the out-of-place formulation)."""
+    x = _finite_logp(logits.float()).masked_fill_(~keep.unsqueeze(-1), 0.0)
+    return torch.log_softmax(x.div_(temperature), dim=-1)
 
 
 def _log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
@@ -240,7 +244,7 @@ def kl_from_logprobs(target_logp: torch.Tensor, student_logits: torch.Tensor, ma
     """
     _check(student_logits, target_logp, mask, temperature)
     keep = mask.bool()
-    lq = torch.where(keep.unsqueeze(-1), _finite_logp(target_logp.float()), 0.0)
+    lq = _finite_logp(target_logp.float()).masked_fill_(~keep.unsqueeze(-1), 0.0)
     ls = _masked_logp(student_logits, keep, temperature)
     return _reduce(_kl(lq, ls), keep, reduction)
 
@@ -268,6 +272,13 @@ def _per_row(fn, temperature: float, kw: dict):
         return fn(s, t, torch.ones(s.shape[:-1], dtype=torch.bool, device=s.device), temperature,
                   reduction="none", **kw)
     return rows
+
+
+def row_divergence(name: str, temperature: float = 1.0, **kw):
+    """``DIVERGENCES[name]`` as a per-row function ``(student [n, V], teacher [n, V]) -> [n]`` (every row kept;
+    the same values and gradients as the divergence with ``reduction="none"`` on those rows): the building block
+    for a caller's own ``rowwise`` call, e.g. with rows gathered from the full logits."""
+    return _per_row(_lookup(name), temperature, kw)
 
 
 def divergence(name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,

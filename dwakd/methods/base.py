@@ -10,6 +10,9 @@ the outputs over; the method never calls a model itself.
 ``loss`` returns the **token-summed** loss and a dict of token-summed terms; the loop divides both by the
 number of response tokens in the whole (accumulated, all-process) batch, so every term is a per-token mean
 over the global batch (DSKD's normalisation) and gradient accumulation / data parallelism leave it unchanged.
+A method that supports on-policy distillation (``on_policy``) also splits its loss into the gold CE and a
+KD-only ``kd_loss`` (``ce_weight``); the loop then divides the KD part of an on-policy step by the response
+tokens of the batches the KD part read (docs/methods.md "On-policy distillation").
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ class Method(nn.Module):
     #: does it compute a cross-model attention, ``terms(batch, student_out, teacher_out, return_attention=True)
     #: .cma.a_t2s`` (``dwakd.methods.dual_space``)? ``dwakd attention`` draws and probes its maps
     cross_model_attention: ClassVar[bool] = False
-    CAPABILITIES: ClassVar[tuple[str, ...]] = ("train_data", "needs_vocab_map", "cross_model_attention")
+    #: can it distil on the student's own samples (``TrainConfig.on_policy_ratio``; docs/methods.md "On-policy
+    #: distillation")? Such a method implements ``kd_loss`` and ``ce_weight``: the loop then takes the CE on the
+    #: gold batch and the KD part on the batch of samples
+    on_policy: ClassVar[bool] = False
+    CAPABILITIES: ClassVar[tuple[str, ...]] = ("train_data", "needs_vocab_map", "cross_model_attention", "on_policy")
     #: readable names of the loss terms that ``loss`` logs (term → label): the panel titles of the training-curve
     #: figure (``dwakd figures``), over ``dwakd.figures.TERM_TITLES``; a term without one keeps that title
     term_labels: ClassVar[dict[str, str]] = {}
@@ -70,6 +77,19 @@ class Method(nn.Module):
     def loss(self, batch: dict, student_out: LMOutput, teacher_out: LMOutput | None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def kd_loss(self, batch: dict, student_out: LMOutput, teacher_out: LMOutput | None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The distillation part of ``loss`` alone (methods with ``on_policy``): the token-summed KD terms as they
+        enter the loss, with their weights (α·KD), and their token-summed logs (no ``ce``), so that ``loss`` is
+        ``ce_weight()·CE + kd_loss`` on the same batch. The loop calls it on a batch whose responses are the
+        student's samples (``batch["on_policy"]`` is True: there is no gold response, and a method that reads one
+        uses the teacher's instead) while the CE stays on the gold batch."""
+        raise NotImplementedError(f"{self.name}: no kd_loss (the method does not support on-policy distillation)")
+
+    def ce_weight(self) -> float:
+        """The weight of the gold CE in ``loss`` (``1 − α`` for most methods; methods with ``on_policy``)."""
+        raise NotImplementedError(f"{self.name}: no ce_weight (the method does not support on-policy distillation)")
 
     def on_step(self, progress: float) -> None:
         """Called before each optimiser step with the training progress in [0, 1] (for schedules)."""

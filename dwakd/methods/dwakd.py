@@ -77,7 +77,10 @@ variant is a ``VariantFlags`` (``FLAGS[variant]``). Logged terms (token-summed, 
 ``ce_t2s``, ``kd_stu``, ``kd_tea`` (weighted, as they enter the loss), ``dtw_emb``, ``dtw_hid`` (0 where the variant
 has no such term), ``t2s_acc`` and ``conf_t2s`` (Σ_i max_v p_t2s(v|i): the mean gate after the loop's division). The
 CMA attention for heatmaps: ``method.terms(batch, student_out, teacher_out, return_attention=True).cma.a_t2s``
-(``CrossModelAttentionMixin``: the method has a cross-model attention).
+(``CrossModelAttentionMixin``: the method has a cross-model attention). On-policy distillation (``on_policy``;
+docs/methods.md "On-policy distillation"): ``kd_loss`` is λ_W-KD·L_W-KD + λ_DTW·L_DTW alone, and on the student's
+samples L_ce_t2s and the ``w_*`` accuracy mask read DSKD-CMA's on-policy labels (the teacher's argmax,
+``CrossModelAttentionMixin.t2s_targets``).
 
 Not taken from the unofficial code: its 300-step linear warm-up of the gate, its optional DTW / band warm-ups
 (off by default there) and its slicing of the first S_b / T_b positions of each padded row (as we read it, the
@@ -104,7 +107,7 @@ from dwakd.registry import register
 from dwakd.settings import check_choice, check_range
 
 __all__ = ["DWAKD", "DWAKDConfig", "FLAGS", "VARIANTS", "VariantFlags", "band_geometry", "entropy", "gamma_at",
-           "gather_left", "rescale_per_sequence", "response_attention", "soft_band"]
+           "gather_left", "rescale_per_sequence", "response_attention", "soft_band", "target_embeddings"]
 
 
 @dataclass(frozen=True)
@@ -189,12 +192,23 @@ def rescale_per_sequence(w: torch.Tensor, seq: torch.Tensor, n_seq: int) -> torc
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    if torch.is_grad_enabled() and logp.requires_grad:
+        return -(logp.exp() * logp).sum(-1)
+    p = logp.exp()  # no gradient: p·log p in place (one [N, V] temporary fewer; the same arithmetic)
+    return -p.mul_(logp).sum(-1)
 
 
-def entropy(logits: torch.Tensor, chunk_rows: int | str | None = "auto") -> torch.Tensor:
+def entropy(logits: torch.Tensor, chunk_rows: int | str | None = "auto", index: torch.Tensor | None = None
+            ) -> torch.Tensor:
     """``H = −Σ_v p log p`` of ``softmax(logits)`` over the last dimension (fp32, nats). ``logits [N, V]`` with
-    more than ``CHUNK_ELEMENTS`` entries are taken in blocks of rows (``dwakd.losses.chunked``; None: one call)."""
+    more than ``CHUNK_ELEMENTS`` entries are taken in blocks of rows (``dwakd.losses.chunked``; None: one call).
+    ``index [n]`` (long): the entropies of the rows ``logits[index]`` only, gathered block by block (no ``[n, V]``
+    copy; ``rowwise(..., gather_from=logits)``)."""
+    if index is not None:
+        if logits.dim() != 2 or index.dim() != 1:
+            raise ValueError(f"entropy: with an index, expected logits [M, V] and index [n], got "
+                             f"{tuple(logits.shape)} and {tuple(index.shape)}")
+        return rowwise(_entropy, [index], chunk_rows=block_rows(chunk_rows, logits.size(-1)), gather_from=logits)
     if logits.dim() != 2 or chunk_rows is None:
         return _entropy(logits)
     return rowwise(_entropy, [logits], chunk_rows=block_rows(chunk_rows, logits.size(-1)))  # rows ≥ N: one call
@@ -214,6 +228,23 @@ def _take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Rows ``order [B, n]`` of ``x [B, L, ...]``."""
     idx = order.reshape(*order.shape, *([1] * (x.dim() - 2))).expand(*order.shape, *x.shape[2:])
     return x.gather(1, idx)
+
+
+def target_embeddings(embedding: nn.Module, y: torch.Tensor, order: torch.Tensor, valid: torch.Tensor,
+                      input_ids: torch.Tensor, embeds: torch.Tensor | None) -> torch.Tensor:
+    """``e(y) [B, n, d]``: the input embeddings of the targets ``y [B, n]`` at the packed positions ``order
+    [B, n]`` (``gather_left``; ``valid [B, n]`` marks the real ones), where position k's target is the token at
+    k + 1. When every valid target *is* that input token (``input_ids.gather(1, order + 1)``, true of gold and
+    sampled responses alike) and the forward's own lookup ``embeds = embedding(input_ids) [B, L, d]`` is given,
+    its rows at k + 1 are returned: the same values, and the gradient reaches the embedding table through the
+    forward's own embedding backward, instead of a second ``[V, d]`` gradient buffer made in the middle of the
+    loss's backward pass (147 MiB for GPT-2, alive from there to the end of the step). Otherwise: ``embedding(y)``.
+    Invalid slots hold rows that mean nothing (the caller masks them)."""
+    if embeds is not None:
+        nxt = (order + 1).clamp_max(input_ids.size(1) - 1)
+        if torch.equal(torch.where(valid, input_ids.gather(1, nxt), 0), torch.where(valid, y, 0)):
+            return _take(embeds, nxt)
+    return embedding(y)
 
 
 def response_attention(a: torch.Tensor, order_s: torch.Tensor, order_t: torch.Tensor) -> torch.Tensor:
@@ -281,31 +312,36 @@ class DWAKD(CrossModelAttentionMixin, Method):
             d_s, d_t = model_dims(student, teacher)
             self.emb_t2s = nn.Linear(d_t, d_s, bias=True)  # P_emb: the embedding DTW's own projector
 
-    def terms(self, batch, student_out, teacher_out, return_attention: bool = False) -> CMATerms:
-        """DSKD-CMA's terms, with the per-position KD values (``kd_stu_pos`` with this variant's divergence)."""
+    def terms(self, batch, student_out, teacher_out, return_attention: bool = False,
+              with_ce: bool = True) -> CMATerms:
+        """DSKD-CMA's terms, with the per-position KD values (``kd_stu_pos`` with this variant's divergence); on a
+        batch of the student's samples labelled as DSKD-CMA's (``CrossModelAttentionMixin.t2s_targets``)."""
         return cma_terms_per_position(self.cma, *self._models, *self.pads, batch, student_out, teacher_out,
                                       divergence_name=self.kd_divergence, temperature=self.cfg.temperature,
-                                      return_attention=return_attention)
+                                      return_attention=return_attention,
+                                      targets=self.t2s_targets(batch, teacher_out), with_ce=with_ce,
+                                      confidence=True)  # the gate (logged by every variant)
 
     def on_step(self, progress: float) -> None:
         self.gamma = gamma_at(progress, self.cfg.gamma_start, self.cfg.gamma_end)
 
     # -- token level ------------------------------------------------------------------------------------
-    def token_weights(self, t: CMATerms, student_logits: torch.Tensor, teacher_logits: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def token_weights(self, t: CMATerms, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      student_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(w_s [N_s], w_t [N_t], conf [N_s])`` at the response positions (detached; each sequence's weights
-        sum to its response length). ``student_logits`` / ``teacher_logits``: the models' logits there."""
+        sum to its response length). ``student_logits`` / ``teacher_logits``: the models' logits there; with
+        ``student_index [N_s]``, ``student_logits`` holds more rows and the response rows are
+        ``student_logits[student_index]`` (read block by block, never copied: ``CMATerms.student_logits``)."""
         f = self.flags
         with torch.no_grad():
-            z = t.z_t2s.detach().float()
-            conf = torch.exp(z.max(-1).values - torch.logsumexp(z, -1))  # max_v p_t2s(v | i)
+            conf = t.confidence()  # max_v p_t2s(v | i), taken with the accuracy mask, block by block
             seq_s = t.student_mask.nonzero()[:, 0]
             seq_t = t.teacher_mask.nonzero()[:, 0]
             n = t.student_mask.size(0)
             if f.student_weights == "uniform":
                 w_s = torch.ones_like(conf)
             else:
-                w_s = entropy(student_logits)
+                w_s = entropy(student_logits, index=student_index)
                 if f.student_weights == "gated":
                     w_s = w_s * conf
                 w_s = rescale_per_sequence(w_s.clamp_min(0.0), seq_s, n)
@@ -334,7 +370,9 @@ class DWAKD(CrossModelAttentionMixin, Method):
         if f.emb:
             y_s = next_token_targets(batch["student"]["labels"], self.pads[0]).gather(1, order_s)
             y_t = next_token_targets(batch["teacher"]["labels"], self.pads[1]).gather(1, order_t)
-            e_s = student.get_input_embeddings()(y_s)  # trainable: trains the student's embedding table
+            # trainable: trains the student's embedding table (through the forward's lookup where it can)
+            e_s = target_embeddings(student.get_input_embeddings(), y_s, order_s, valid_s,
+                                    batch["student"]["input_ids"], student_out.embeds)
             with torch.no_grad():
                 e_t = teacher.get_input_embeddings()(y_t)
             pairs.append(("emb", e_s, self.emb_t2s(e_t.to(self.emb_t2s.weight.dtype))))
@@ -374,17 +412,33 @@ class DWAKD(CrossModelAttentionMixin, Method):
         return out["emb"], out["hid"]
 
     # -- the loss ---------------------------------------------------------------------------------------
+    on_policy = True
+
+    def ce_weight(self) -> float:
+        return self.cfg.ce_rate
+
     def loss(self, batch, student_out, teacher_out):
+        return self._loss(batch, student_out, teacher_out, with_ce=True)
+
+    def kd_loss(self, batch, student_out, teacher_out):
+        """λ_W-KD·L_W-KD + λ_DTW·L_DTW alone (``Method.kd_loss``): ``loss`` without λ_CE·CE."""
+        return self._loss(batch, student_out, teacher_out, with_ce=False)
+
+    def _loss(self, batch, student_out, teacher_out, with_ce: bool):
         f, c = self.flags, self.cfg
-        t = self.terms(batch, student_out, teacher_out, return_attention=f.dtw == "banded")
-        w_s, w_t, conf = self.token_weights(t, t.student_rows, t.teacher_rows)  # the rows DSKD-CMA's terms read
+        t = self.terms(batch, student_out, teacher_out, return_attention=f.dtw == "banded", with_ce=with_ce)
+        w_s, w_t, conf = self.token_weights(t, t.student_logits, t.teacher_rows,  # the rows DSKD-CMA's terms read
+                                            student_index=t.student_index)
         if f.acc_mask:  # DSKD-CMA's accuracy mask (the w_* ablations only)
             w_s = w_s * t.acc
         kd_stu = (w_s * t.kd_stu_pos).sum()  # the per-position values computed once, by cma_terms_per_position
         kd_tea = (w_t * t.kd_tea_pos).sum()
         dtw_emb, dtw_hid = self.dtw_terms(batch, student_out, teacher_out, t)
-        loss = (c.ce_rate * t.ce + c.wkd_rate * (t.ce_t2s + kd_stu + kd_tea)
-                + c.dtw_rate * (dtw_emb + dtw_hid))
         logs = {**t.logs(), "kd_stu": kd_stu.detach(), "kd_tea": kd_tea.detach(), "dtw_emb": dtw_emb.detach(),
                 "dtw_hid": dtw_hid.detach(), "conf_t2s": conf.sum()}
+        if not with_ce:
+            del logs["ce"]
+            return c.wkd_rate * (t.ce_t2s + kd_stu + kd_tea) + c.dtw_rate * (dtw_emb + dtw_hid), logs
+        loss = (c.ce_rate * t.ce + c.wkd_rate * (t.ce_t2s + kd_stu + kd_tea)
+                + c.dtw_rate * (dtw_emb + dtw_hid))
         return loss, logs

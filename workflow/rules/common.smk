@@ -36,6 +36,11 @@ if METHOD_SPECS is None:
 PROFILE_NAME = config["profile"]
 PROFILE = C.profile(config)  # the profile over `defaults`
 PAIRS = PROFILE["pairs"]
+# The same-vocabulary table (DSKD's Table 1; `same_vocab_pair` / `same_vocab_table`): its pair, whose teacher uses the
+# student's tokenizer, trains and evaluates that table's runs only (and its teacher), none of the other tables'.
+SAME_VOCAB = C.same_vocab(PROFILE)  # (pair, runs), or None without one
+SV_PAIR = SAME_VOCAB[0] if SAME_VOCAB else None
+ALL_PAIRS = C.profile_pairs(PROFILE)  # PAIRS, then SV_PAIR: every pair with models, runs and evaluations
 # the result tables: main (copy floor, teacher, main_table) and, if the profile lists runs, ablation; the default
 # target builds DEFAULT_TABLES (ablation too unless the profile's `ablation_in_all` is false: `snakemake ablation`)
 TABLES = C.tables(PROFILE)
@@ -53,12 +58,12 @@ RUNS = C.table_runs(PROFILE)  # every run of the default target's tables, once
 P = f"{R}/{{pair}}"
 GENERATED = f"{R}/teachers/{{teacher}}/generated/teacher_train.jsonl"
 VOCAB_MAP = f"{R}/vocab_maps/{{vmap}}.json"
-TEACHER_OF = {p: C.teacher_name(config["pairs"][p]) for p in PAIRS}
-VMAP_OF = {p: C.vocab_map_name(config["pairs"][p]) for p in PAIRS}
+TEACHER_OF = {p: C.teacher_name(config["pairs"][p]) for p in ALL_PAIRS}
+VMAP_OF = {p: C.vocab_map_name(config["pairs"][p]) for p in ALL_PAIRS}
 
 
 wildcard_constraints:
-    pair="|".join(re.escape(p) for p in PAIRS),
+    pair="|".join(re.escape(p) for p in ALL_PAIRS),
     teacher="|".join(re.escape(t) for t in set(TEACHER_OF.values())),
     vmap="|".join(re.escape(v) for v in set(VMAP_OF.values())),
 
@@ -70,7 +75,7 @@ def pdir(pair):
 
 def first_pair(of, name):
     """The first pair of the profile whose teacher (``of=TEACHER_OF``) or vocabulary map (``VMAP_OF``) is ``name``."""
-    return next(p for p in PAIRS if of[p] == name)
+    return next(p for p in ALL_PAIRS if of[p] == name)
 
 
 def is_hub(pair):
@@ -83,7 +88,7 @@ def rebuilds(pair):
     return not is_hub(pair) and (bool(config.get("rebuild_models")) or not config["pairs"][pair].get("shipped"))
 
 
-HUB_SFT_TEACHERS = sorted({TEACHER_OF[p] for p in PAIRS if is_hub(p) and config["pairs"][p]["teacher"].get("sft")})
+HUB_SFT_TEACHERS = sorted({TEACHER_OF[p] for p in ALL_PAIRS if is_hub(p) and config["pairs"][p]["teacher"].get("sft")})
 # training jobs: `dwakd train`, or the same module under the profile's launcher (accelerate launch ...)
 TRAIN_CMD = f"{PROFILE['launcher']} -m dwakd.cli" if PROFILE.get("launcher") else "dwakd"
 ENV = "../envs/dwakd.yaml"
@@ -162,8 +167,9 @@ def _check_trained_models():
     saved) loses its receipt, so that this workflow trains it again (a dry run only says so); the unpacked models
     are named with the command that redoes them. Names and sizes only: no file is read."""
     runs = set(C.table_runs(PROFILE, default_only=False)) | set((PROFILE.get("figures") or {}).get("runs") or [])
-    for pair in PAIRS:
-        for run in sorted(runs):
+    for pair in ALL_PAIRS:
+        of_pair = (runs if pair in PAIRS else set()) | (set(SAME_VOCAB[1]) if pair == SV_PAIR else set())
+        for run in sorted(of_pair):
             receipt = Path(pdir(pair)) / "runs" / run / RECEIPT
             problem = receipt.exists() and quick_check(receipt.parent / "model")
             if problem:

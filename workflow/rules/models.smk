@@ -7,7 +7,7 @@
 #                                  once for all the pairs that share it
 
 TRAIN_ALL = f"{R}/build/train_all.jsonl"
-BUILT = [p for p in PAIRS if rebuilds(p)]
+BUILT = [p for p in ALL_PAIRS if rebuilds(p)]  # the same-vocabulary pair too
 
 
 rule build_data:
