@@ -493,6 +493,17 @@ def main_table(eval_dir: Path, rows: list[str], sets: list[str], titles: dict, s
     return out
 
 
+def _published_section(t: dict, md: list[str], tex: list[str]) -> None:
+    """Append the table of published numbers beside ours (``t["published"]``, when given) to ``md`` and ``tex``."""
+    pub = t.get("published")
+    if pub is None:
+        return
+    title = f"Published (paper) and difference: ROUGE-L, {pub['title']}"
+    src = "Published: " + "; ".join(pub["sources"]) + " (config/published.yaml). Ours: mean over seeds."
+    md += ["", f"## {title}\n", to_markdown(pub["table"], index=False), "", src]
+    tex += [f"% {title}", to_latex(pub["table"], index=False), latex_text(src)]
+
+
 def write_tables(t: dict, out: Path, name: str) -> None:
     """``name``.md (both metrics), ``name``.csv (long format), ``name``.tex (both metrics)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -501,7 +512,7 @@ def write_tables(t: dict, out: Path, name: str) -> None:
                    for k, v in t["n_samples"].items())
     legend = t.get("legend") or []
     legend_bpb = t.get("legend_bpb") or []
-    md = [f"## ROUGE-L F1 (×100, higher is better; mean ± std over generation seeds)\n",
+    md = ["## ROUGE-L F1 (×100, higher is better; mean ± std over generation seeds)\n",
           to_markdown(t["rougeL"]), "", *legend, *([""] if legend else []),
           "## Response bits per byte (teacher forcing, lower is better; deterministic)\n",
           to_markdown(t["bpb"]), "", *legend_bpb, *([""] if legend_bpb else []), f"Samples per set: {ns}."]
@@ -509,12 +520,7 @@ def write_tables(t: dict, out: Path, name: str) -> None:
            *(latex_text(x) + r"\\" for x in legend),
            "% Response bits per byte (lower is better)", to_latex(t["bpb"]),
            *(latex_text(x) + r"\\" for x in legend_bpb)]
-    pub = t.get("published")
-    if pub is not None:
-        title = f"Published (paper) and difference: ROUGE-L, {pub['title']}"
-        src = "Published: " + "; ".join(pub["sources"]) + " (config/published.yaml). Ours: mean over seeds."
-        md += ["", f"## {title}\n", to_markdown(pub["table"], index=False), "", src]
-        tex += [f"% {title}", to_latex(pub["table"], index=False), latex_text(src)]
+    _published_section(t, md, tex)
     write_table_files(out, name, md, tex, t["long"], title=f"{name.capitalize()} table")
 
 
@@ -584,10 +590,5 @@ def write_same_vocab(t: dict, out: Path) -> None:
         md += [f"## {heading}\n", to_markdown(t["grouped"][metric], index=False), "", *legend, *([""] if legend else [])]
         tex += [f"% {heading}", to_latex(t["grouped"][metric], index=False), *(latex_text(x) + r"\\" for x in legend)]
     md.append(f"Samples per set: {ns}.")
-    pub = t.get("published")
-    if pub is not None:
-        title = f"Published (paper) and difference: ROUGE-L, {pub['title']}"
-        src = "Published: " + "; ".join(pub["sources"]) + " (config/published.yaml). Ours: mean over seeds."
-        md += ["", f"## {title}\n", to_markdown(pub["table"], index=False), "", src]
-        tex += [f"% {title}", to_latex(pub["table"], index=False), latex_text(src)]
+    _published_section(t, md, tex)
     write_table_files(out, SAME_VOCAB, md, tex, t["long"], title="Same-vocabulary table (DSKD Table 1 layout)")

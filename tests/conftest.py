@@ -67,3 +67,28 @@ def tiny_run(tmp_path_factory) -> Path:
     if r.returncode != 0:
         raise AssertionError(f"the tiny workflow failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return folder
+
+
+@pytest.fixture
+def interrupted_fit(monkeypatch):
+    """``interrupted_fit(trainer, records, n)``: ``trainer.fit(records)`` stopped by a ``KeyboardInterrupt`` (a
+    user's Ctrl-C) at its n-th micro-step; ``Trainer.micro_step`` is restored afterwards."""
+    from dwakd.train import Trainer
+
+    def run(trainer, records, n: int) -> None:
+        orig, calls = Trainer.micro_step, {"n": 0}
+
+        def dying(self, batch):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return orig(self, batch)
+
+        monkeypatch.setattr(Trainer, "micro_step", dying)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                trainer.fit(records)
+        finally:
+            monkeypatch.setattr(Trainer, "micro_step", orig)
+
+    return run

@@ -53,25 +53,20 @@ def _trainer(method, student, teacher, stok, ttok, out, **over):
     return Trainer(method, student, teacher, stok, ttok, cfg, out)
 
 
-@pytest.fixture(scope="module")
-def case(tiny_pair, dolly_small, tmp_path_factory):
-    """Models, a padded batch of three records of different lengths and both models' outputs (the student's as
-    leaves that require grad); ``make(name, **cfg)`` builds a method with the same initial parameters each time.
-
-    The tiny models are untrained (near-uniform distributions, so every weight would be ≈ 1): the outputs'
-    logits are sharpened ×10 and the CMA projectors are first fitted on L_ce_t2s for a few steps (shared by
-    every ``make``), so that the entropies, the gate and the accuracy mask all vary over the positions."""
+def _fitted_case(tiny_pair, dolly_small, out, dtype=torch.float32):
+    """``(make, batch, s_out, t_out)`` of ``case`` / ``case64``: models, method and outputs in ``dtype``."""
     student, teacher, stok, ttok = _models(tiny_pair)
+    student, teacher = student.to(dtype), teacher.to(dtype)
     cma_state = {}
 
     def make(name="dwakd", **over):
         torch.manual_seed(0)
-        m = get_method(name)(_cfg(name, **over), student, teacher, stok, ttok)
+        m = get_method(name)(_cfg(name, **over), student, teacher, stok, ttok).to(dtype)
         if cma_state:
             m.cma.load_state_dict(cma_state)
         return m
 
-    tr = _trainer(make(), student, teacher, stok, ttok, tmp_path_factory.mktemp("run"))
+    tr = _trainer(make(), student, teacher, stok, ttok, out)
     batch = tr.batch(tr.make_items([dolly_small[i] for i in SHORT[:3]]))
     with torch.no_grad():
         t_out = forward(teacher, batch["teacher"]["input_ids"], batch["teacher"]["attention_mask"], hidden=True,
@@ -89,6 +84,17 @@ def case(tiny_pair, dolly_small, tmp_path_factory):
         opt.step()
     cma_state.update({k: v.detach().clone() for k, v in m.cma.state_dict().items()})
     return make, batch, s_out, t_out
+
+
+@pytest.fixture(scope="module")
+def case(tiny_pair, dolly_small, tmp_path_factory):
+    """Models, a padded batch of three records of different lengths and both models' outputs (the student's as
+    leaves that require grad); ``make(name, **cfg)`` builds a method with the same initial parameters each time.
+
+    The tiny models are untrained (near-uniform distributions, so every weight would be ≈ 1): the outputs'
+    logits are sharpened ×10 and the CMA projectors are first fitted on L_ce_t2s for a few steps (shared by
+    every ``make``), so that the entropies, the gate and the accuracy mask all vary over the positions."""
+    return _fitted_case(tiny_pair, dolly_small, tmp_path_factory.mktemp("run"))
 
 
 # ------------------------------------------------------------------------------------------ token weights
@@ -284,33 +290,7 @@ def test_embedding_dtw_reads_the_forwards_lookup_with_the_same_value_and_gradien
 def case64(tiny_pair, dolly_small, tmp_path_factory):
     """``case`` in float64: models, method and outputs in double precision (the outputs' logits sharpened ×10,
     the CMA projectors fitted on L_ce_t2s first so that the accuracy mask is neither empty nor full)."""
-    student, teacher, stok, ttok = _models(tiny_pair)
-    student, teacher = student.double(), teacher.double()
-
-    def make(name="dwakd", state=None, **over):
-        torch.manual_seed(0)
-        m = get_method(name)(_cfg(name, **over), student, teacher, stok, ttok).double()
-        if state:
-            m.cma.load_state_dict(state)
-        return m
-
-    tr = _trainer(make(), student, teacher, stok, ttok, tmp_path_factory.mktemp("run64"))
-    batch = tr.batch(tr.make_items([dolly_small[i] for i in SHORT[:3]]))
-    with torch.no_grad():
-        t_out = forward(teacher, batch["teacher"]["input_ids"], batch["teacher"]["attention_mask"], hidden=True,
-                        embeds=True)
-        s_out = forward(student, batch["student"]["input_ids"], batch["student"]["attention_mask"], hidden=True,
-                        embeds=True)
-    t_out = LMOutput(t_out.logits * 10, t_out.hidden, t_out.embeds)
-    s_out = LMOutput(*(x.clone().requires_grad_(True) for x in (s_out.logits * 10, s_out.hidden, s_out.embeds)))
-    m = make()
-    opt = torch.optim.Adam(m.cma.parameters(), lr=1e-2)
-    for _ in range(40):
-        opt.zero_grad()
-        (m.terms(batch, s_out, t_out).ce_t2s / 50).backward()
-        opt.step()
-    state = {k: v.detach().clone() for k, v in m.cma.state_dict().items()}
-    return (lambda name="dwakd", **over: make(name, state, **over)), batch, s_out, t_out
+    return _fitted_case(tiny_pair, dolly_small, tmp_path_factory.mktemp("run64"), torch.float64)
 
 
 @pytest.mark.parametrize("name", ["dskd_cma", "dwakd"])

@@ -169,24 +169,13 @@ def test_plan_is_a_function_of_the_settings_and_draws_the_ratio():
     assert plan(3, 2, 5, 0.3)[1] == plan(3, 2, 5, 0.9)[1]  # the seed does not depend on the ratio
 
 
-def test_resume_mid_run_equals_an_uninterrupted_on_policy_run(tiny_pair, dolly_small, tmp_path, monkeypatch):
+def test_resume_mid_run_equals_an_uninterrupted_on_policy_run(tiny_pair, dolly_small, tmp_path, interrupted_fit):
     recs = dolly_small[:8]
     kw = dict(epochs=2, batch_size=2, save_every_steps=2, on_policy_ratio=0.5, on_policy_after_epochs=0)
     full = _trainer(tiny_pair, tmp_path / "full", "dskd_cma", **kw)
     full.fit(recs)
     t = _trainer(tiny_pair, tmp_path / "killed", "dskd_cma", **kw)
-    orig, calls = Trainer.micro_step, {"n": 0}
-
-    def dying(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:  # epoch 2, second step: resumed from the end of epoch 1 (step 4)
-            raise KeyboardInterrupt
-        return orig(self, batch)
-
-    monkeypatch.setattr(Trainer, "micro_step", dying)
-    with pytest.raises(KeyboardInterrupt):
-        t.fit(recs)
-    monkeypatch.setattr(Trainer, "micro_step", orig)
+    interrupted_fit(t, recs, 6)  # epoch 2, second step: resumed from the end of epoch 1 (step 4)
     resumed = _trainer(tiny_pair, tmp_path / "killed", "dskd_cma", **kw)
     resumed.fit(recs, resume=True)
     a, b = _steps(tmp_path / "full"), _steps(tmp_path / "killed")

@@ -37,26 +37,14 @@ def test_loss_decreases_on_a_tiny_model(tiny_pair, dolly_small, tmp_path):
         assert key in step
 
 
-def test_resume_equals_uninterrupted_run(tiny_pair, dolly_small, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted_run(tiny_pair, dolly_small, tmp_path, interrupted_fit):
     recs = dolly_small[:12]
     make_trainer(tiny_pair, tmp_path / "full", epochs=3, save_every_steps=2).fit(recs)
     full = losses(tmp_path / "full")
 
     # kill the run inside epoch 2 (after a mid-epoch checkpoint), then resume
     t = make_trainer(tiny_pair, tmp_path / "killed", epochs=3, save_every_steps=2)
-    orig = Trainer.micro_step
-    calls = {"n": 0}
-
-    def dying(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:  # step 6 = epoch 2, second step: after the step-4 checkpoint... and epoch-1 one
-            raise KeyboardInterrupt
-        return orig(self, batch)
-
-    monkeypatch.setattr(Trainer, "micro_step", dying)
-    with pytest.raises(KeyboardInterrupt):
-        t.fit(recs)
-    monkeypatch.setattr(Trainer, "micro_step", orig)
+    interrupted_fit(t, recs, 6)  # step 6 = epoch 2, second step: after the step-4 checkpoint... and epoch-1 one
     ckpts = list((tmp_path / "killed" / "checkpoints").glob("*/latest"))
     assert len(ckpts) == 1 and ckpts[0].read_text() == "step-4"
     with pytest.raises(FileExistsError, match="--resume"):
@@ -135,23 +123,10 @@ def test_train_config_rejects_bad_values():
     assert dataclasses.asdict(from_dict(TrainConfig, {"lr": 1}, "train"))["lr"] == 1.0
 
 
-def test_changed_settings_do_not_resume_a_stale_checkpoint(tiny_pair, dolly_small, tmp_path, monkeypatch):
+def test_changed_settings_do_not_resume_a_stale_checkpoint(tiny_pair, dolly_small, tmp_path, interrupted_fit):
     recs = dolly_small[:8]
     t = make_trainer(tiny_pair, tmp_path / "r", epochs=2)
-
-    orig = Trainer.micro_step
-    calls = {"n": 0}
-
-    def die_in_epoch_2(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return orig(self, batch)
-
-    monkeypatch.setattr(Trainer, "micro_step", die_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        t.fit(recs)
-    monkeypatch.setattr(Trainer, "micro_step", orig)
+    interrupted_fit(t, recs, 3)  # in epoch 2
     changed = make_trainer(tiny_pair, tmp_path / "r", epochs=2, lr=1e-4)
     state = changed.fit(recs, resume=True)
     assert state["step"] == 4 and len(losses(tmp_path / "r")) == 4  # started from step 0
