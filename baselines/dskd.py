@@ -32,14 +32,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from baselines.vanilla_kd import require_same_vocabulary
 from dwakd.align.responses import response_mask
-from dwakd.losses.divergences import divergence, head_ce, head_divergence, token_ce
+from dwakd.losses.divergences import head_ce, head_divergence, token_ce
 from dwakd.methods.base import Method, check_kd
-from dwakd.methods.dual_space import model_dims
+from dwakd.methods.dual_space import _student_kd, _t2s_scan, model_dims, student_logits_at
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
 
@@ -94,18 +93,19 @@ class DSKD(Method):
         h_t = teacher_out.hidden[mask].detach()  # [N, d_t]
         h_t2s = self.t2s(h_t.to(self.t2s.weight.dtype))  # [N, d_s]
         ce_t2s = head_ce(h_t2s, w_s, y)  # the [N, V_s] logits formed block by block
-        with torch.no_grad():  # z_t2s is read detached only: the target of L_kd_stu and the accuracy
-            z_t2s = h_t2s.to(w_s.dtype) @ w_s.T  # [N, V_s]
-        s_rows = student_out.logits[mask]  # [N, V_s]
-        every = torch.ones(s_rows.shape[:1], dtype=torch.bool, device=s_rows.device)
-        kd_stu = divergence(cfg.divergence, s_rows, z_t2s, every, cfg.temperature)
+        # z_t2s is read detached only (the target of L_kd_stu, the accuracy), formed block by block, and the
+        # student's rows are read from its logits without a copy: DSKD-CMA's helpers (dwakd.methods.dual_space)
+        t2s_hidden = h_t2s.detach()
+        acc, _ = _t2s_scan(t2s_hidden, w_s, y, False)
+        s_flat, s_index = student_logits_at(student_out, mask)
+        kd_stu = _student_kd(cfg.divergence, cfg.temperature, s_flat, s_index, t2s_hidden, w_s).sum()
 
         # teacher space: the student's hidden states through P_s2t and the teacher's head
         h_s2t = self.s2t(student_out.hidden[mask].to(self.s2t.weight.dtype))  # [N, d_t]
         t_rows = teacher_out.logits_at(mask)  # [N, V_t]
         kd_tea = head_divergence("fkl", h_s2t, w_t, t_rows, cfg.temperature)
 
-        acc = (z_t2s.argmax(-1) == y).sum().float()
+        acc = acc.sum().float()
         a = cfg.kd_rate
         loss = (1.0 - a) * ce + a * (ce_t2s + kd_stu + kd_tea)
         return loss, {"ce": ce.detach(), "ce_t2s": ce_t2s.detach(), "kd_stu": kd_stu.detach(),
