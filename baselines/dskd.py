@@ -38,7 +38,7 @@ from baselines.vanilla_kd import require_same_vocabulary
 from dwakd.align.responses import response_mask
 from dwakd.losses.divergences import head_ce, head_divergence, token_ce
 from dwakd.methods.base import Method, check_kd
-from dwakd.methods.dual_space import _student_kd, _t2s_scan, model_dims, student_logits_at
+from dwakd.methods.dual_space import model_dims, student_kd, student_logits_at, t2s_scan
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
 
@@ -96,9 +96,9 @@ class DSKD(Method):
         # z_t2s is read detached only (the target of L_kd_stu, the accuracy), formed block by block, and the
         # student's rows are read from its logits without a copy: DSKD-CMA's helpers (dwakd.methods.dual_space)
         t2s_hidden = h_t2s.detach()
-        acc, _ = _t2s_scan(t2s_hidden, w_s, y, False)
+        acc, _ = t2s_scan(t2s_hidden, w_s, y, False)
         s_flat, s_index = student_logits_at(student_out, mask)
-        kd_stu = _student_kd(cfg.divergence, cfg.temperature, s_flat, s_index, t2s_hidden, w_s).sum()
+        kd_stu = student_kd(cfg.divergence, cfg.temperature, s_flat, s_index, t2s_hidden, w_s).sum()
 
         # teacher space: the student's hidden states through P_s2t and the teacher's head
         h_s2t = self.s2t(student_out.hidden[mask].to(self.s2t.weight.dtype))  # [N, d_t]

@@ -60,9 +60,10 @@ from torch import nn
 from dwakd.align.projection import pinv_t2s_init, s2t_matrix, shared_vocab, teacher_head_pinv
 from dwakd.align.responses import aligned_positions, aligned_tensors, eta_pairs, sample_pairs
 from dwakd.align.tokens import offsets_alignment
-from dwakd.losses.chunked import BLOCK_TENSORS, rows_for, rowwise
-from dwakd.losses.divergences import IGNORE, head_ce, head_divergence, row_divergence, token_ce
+from dwakd.losses.chunked import BLOCK_TENSORS, rows_for
+from dwakd.losses.divergences import IGNORE, head_ce, head_divergence, token_ce
 from dwakd.methods.base import Method, check_kd, require_offsets, require_teacher, require_tokenizers
+from dwakd.methods.dual_space import rows_argmax, student_kd, t2s_scan
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
 from dwakd.settings import check_choice
@@ -187,15 +188,11 @@ class DSKDETA(Method):
         # student space: z_t2s = h_t2s · W_sᵀ [N, V_s] is formed block by block only (its argmax; L_ce_t2s; the
         # agreeing rows of L_kd_stu), never whole
         h_t2s = self.t2s(h_t.to(self.t2s.weight.dtype))  # [N, d_s]
-        with torch.no_grad():
-            t2s_arg = _blocks(lambda k: (h_t2s[k:k + rows_s].to(w_s.dtype) @ w_s.T).argmax(-1), len(h_t2s), rows_s)
-            t_arg = _blocks(lambda k: t_flat[t_idx[k:k + rows_t]].argmax(-1), t_idx.numel(), rows_t)
-        y_hat = self.label_map.to(dev)[t_arg.to(dev)]
+        y_hat = self.label_map.to(dev)[rows_argmax(t_flat, t_idx).to(dev)]
         ce_t2s = head_ce(h_t2s, w_s, y_hat, chunk_rows=rows_s)
-        agree = (t2s_arg.to(dev) == y_hat) & (y_hat != IGNORE)
-        keep = agree.nonzero().squeeze(1)
-        kd_stu = rowwise(_student_space_rows(row_divergence(cfg.divergence, cfg.temperature)),
-                         [s_idx[keep], h_t2s.detach()[keep]], [w_s], chunk_rows=rows_s, gather_from=s_flat).sum()
+        agree, _ = t2s_scan(h_t2s.detach(), w_s, y_hat, False)  # argmax z_t2s = ŷ: never where ŷ = −100
+        kd_stu = student_kd(cfg.divergence, cfg.temperature, s_flat, s_idx[agree], h_t2s.detach()[agree],
+                            w_s).sum()
 
         # teacher space: z_s2t = (h_s M_s2t) · W_tᵀ formed block by block
         m_s2t = s2t_matrix(w_s, self.overlap_student, self.teacher_pinv)  # [d_s, d_t]
@@ -206,18 +203,3 @@ class DSKDETA(Method):
             "ce_t2s": ce_t2s.detach(), "kd_stu": kd_stu.detach(), "kd_tea": kd_tea.detach(),
             "aligned_ratio": torch.tensor(float(b.numel()), device=dev), "t2s_agree": agree.sum().float()}
 
-
-def _blocks(fn, n: int, rows: int) -> torch.Tensor:
-    """``fn(k)`` for the blocks starting at k = 0, rows, 2·rows, … < n, concatenated (an empty long tensor for
-    n = 0)."""
-    if n == 0:
-        return torch.zeros(0, dtype=torch.long)
-    return torch.cat([fn(k) for k in range(0, n, rows)])
-
-
-def _student_space_rows(per_row):
-    """L_kd_stu per row: ``per_row(z_s, z_t2s)`` with the (detached) target ``z_t2s = h_t2s · W_sᵀ`` formed for
-    the block's rows only: ``(z_s [n, V_s], h_t2s [n, d_s], W_s [V_s, d_s]) -> [n]``."""
-    def rows(s: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return per_row(s, h.to(w.dtype) @ w.T)
-    return rows

@@ -26,6 +26,7 @@ from dwakd.losses.divergences import (
     token_ce,
 )
 from dwakd.losses.softdtw import cosine_cost
+from dwakd.methods.dual_space import rows_argmax, t2s_scan
 from dwakd.methods.dwakd import entropy
 from dwakd.models import LMOutput, check_position_limits, forward, lm_head_weight, load_model, load_tokenizer
 from dwakd.registry import get_method
@@ -163,6 +164,26 @@ def test_chunked_token_ce_and_head_ce_equal_cross_entropy():
 def test_chunked_entropy():
     z = _logits(9, 12, seed=16)
     torch.testing.assert_close(entropy(z, chunk_rows=2), entropy(z, chunk_rows=None), rtol=1e-12, atol=1e-12)
+
+
+def test_blockwise_argmax_scans_equal_the_whole_rows(monkeypatch):
+    """rows_argmax and t2s_scan in blocks of a few rows (CHUNK_ELEMENTS shrunk) equal the argmax / accuracy /
+    max-probability of the whole tensor; no rows give empty results."""
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 3 * 11)  # 3 rows of 11 per block
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn(17, 11, generator=g)
+    index = torch.tensor([16, 0, 3, 3, 9, 12, 1, 5])
+    assert torch.equal(rows_argmax(flat, index), flat[index].argmax(-1))
+    assert rows_argmax(flat, index[:0]).shape == (0,)
+    hidden, head = torch.randn(10, 4, generator=g), torch.randn(11, 4, generator=g)
+    z = hidden @ head.T
+    targets = z.argmax(-1).clone()
+    targets[::3] = -100  # never an argmax
+    acc, conf = t2s_scan(hidden, head, targets, True)
+    assert torch.equal(acc, z.argmax(-1) == targets) and 0 < int(acc.sum()) < 10
+    torch.testing.assert_close(conf, z.softmax(-1).max(-1).values)
+    acc0, conf0 = t2s_scan(hidden[:0], head, targets[:0], False)
+    assert acc0.shape == (0,) and conf0 is None
 
 
 @pytest.mark.parametrize("vs,vt", [(7, 19), (19, 7), (11, 11)])

@@ -50,7 +50,8 @@ from dwakd.methods.base import require_teacher, require_tokenizers
 from dwakd.models import lm_head_weight, pad_id
 
 __all__ = ["CMATerms", "CrossModelAttentionMixin", "cma_terms", "cma_terms_per_position", "model_dims",
-           "max_prob", "student_logits_at", "teacher_argmax_targets", "teacher_label_map"]
+           "max_prob", "rows_argmax", "student_kd", "student_logits_at", "t2s_scan", "teacher_argmax_targets",
+           "teacher_label_map"]
 
 
 @dataclass
@@ -86,7 +87,7 @@ class CMATerms:
         """``max_v p_t2s(v | i)`` ``[N_s]`` (fp32, detached): ``t2s_conf`` when the terms took it with the
         accuracy, else formed now, block by block."""
         if self.t2s_conf is None:
-            self.t2s_conf = _t2s_scan(self.t2s_hidden, self.student_head, None, True)[1]
+            self.t2s_conf = t2s_scan(self.t2s_hidden, self.student_head, None, True)[1]
         return self.t2s_conf
 
     def student_rows(self) -> torch.Tensor:
@@ -109,7 +110,16 @@ def max_prob(logits: torch.Tensor) -> torch.Tensor:
     return torch.exp(z.max(-1).values - torch.logsumexp(z, -1))
 
 
-def _t2s_scan(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor | None, confidence: bool
+def rows_argmax(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``flat[index].argmax(-1)`` ``[n]`` (``flat [M, V]``, ``index [n]`` long), the rows gathered in blocks of
+    ``rows_for(V)`` (no gradient; no ``[n, V]`` copy of the rows)."""
+    rows = rows_for(flat.size(-1))
+    with torch.no_grad():
+        return torch.cat([torch.zeros(0, dtype=torch.long, device=flat.device)]
+                         + [flat[index[a:a + rows]].argmax(-1) for a in range(0, index.numel(), rows)])
+
+
+def t2s_scan(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor | None, confidence: bool
               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(acc [n] bool, conf [n] fp32)``: ``argmax z = targets`` (None without targets) and ``max_prob(z)`` (None
     unless ``confidence``) of ``z = hidden · headᵀ``, formed in blocks of ``rows_for(V)`` rows (no gradient; no
@@ -154,7 +164,7 @@ def _attend(cma: CrossModelAttention, student, teacher, student_pad: int, teache
     ce_t2s = head_ce(h_t2s, w_s, y_s)  # the [N_s, V_s] logits formed block by block (dwakd.losses.chunked)
     # z_t2s is read detached only (the target of L_kd_stu, its mask, DWA-KD's gate): formed block by block
     t2s_hidden = h_t2s.detach()
-    acc, conf = _t2s_scan(t2s_hidden, w_s, y_s, confidence)
+    acc, conf = t2s_scan(t2s_hidden, w_s, y_s, confidence)
     s_flat, s_index = student_logits_at(student_out, smask)  # the rows are read block by block, never copied
     t_rows = teacher_out.logits_at(tmask)  # [N_t, V_t] (no copy when the teacher kept its response rows only)
     h_s2t = out.h_s2t[tmask]  # [N_t, d_t]; z_s2t = h_s2t · W_tᵀ is formed block by block, never whole
@@ -178,7 +188,7 @@ def cma_terms(cma: CrossModelAttention, student, teacher, student_pad: int, teac
     f, h_s2t, w_t = _attend(cma, student, teacher, student_pad, teacher_pad, batch, student_out, teacher_out,
                             return_attention, targets, with_ce)
     acc = f["acc"]
-    kd_stu = _student_kd(divergence_name, temperature, f["student_logits"], f["student_index"][acc],
+    kd_stu = student_kd(divergence_name, temperature, f["student_logits"], f["student_index"][acc],
                          f["t2s_hidden"][acc], f["student_head"]).sum()  # the accurate rows only: the others are 0
     kd_tea = head_divergence("fkl", h_s2t, w_t, f["teacher_rows"], temperature)
     return CMATerms(kd_stu=kd_stu, kd_tea=kd_tea, **f)
@@ -203,7 +213,7 @@ def cma_terms_per_position(cma: CrossModelAttention, student, teacher, student_p
         both = _student_ce_kd(divergence_name, temperature, *kd_args, y)
         f["ce"], stu_pos = both[:, 0].sum(), both[:, 1]
     else:
-        stu_pos = _student_kd(divergence_name, temperature, *kd_args)
+        stu_pos = student_kd(divergence_name, temperature, *kd_args)
     tea_pos = head_divergence("fkl", h_s2t, w_t, f["teacher_rows"], temperature, reduction="none")
     return CMATerms(kd_stu=(stu_pos * acc).sum(), kd_tea=tea_pos.sum(), kd_stu_pos=stu_pos, kd_tea_pos=tea_pos, **f)
 
@@ -222,7 +232,7 @@ def student_logits_at(out, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
                      "those)")
 
 
-def _student_kd(name: str, temperature: float, logits: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor,
+def student_kd(name: str, temperature: float, logits: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor,
                 head: torch.Tensor) -> torch.Tensor:
     """``D_τ(p_t2s,n ‖ softmax(logits[index[n]] / τ))`` per row ``[n]``, with the projected teacher's logits
     ``z_t2s = hidden · headᵀ`` (``hidden [n, d]``, ``head [V, d]``, both detached): in blocks of ``rows_for(V,
@@ -243,7 +253,7 @@ def _student_kd(name: str, temperature: float, logits: torch.Tensor, index: torc
 def _student_ce_kd(name: str, temperature: float, logits: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor,
                    head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``[n, 2]``: per row, ``CE(logits[index[n]], targets[n])`` (fp32, no temperature: ``token_ce``'s per-row
-    value) and ``_student_kd``'s divergence, in one pass over the gathered rows (the blocks of ``_student_kd``):
+    value) and ``student_kd``'s divergence, in one pass over the gathered rows (the blocks of ``student_kd``):
     the two terms' gradients are summed inside each block into one buffer of ``logits``' shape, instead of one
     buffer each (and ``token_ce``'s own ``[rows, V]`` blocks)."""
     per_row = row_divergence(name, temperature)
@@ -285,9 +295,7 @@ def teacher_argmax_targets(student_labels: torch.Tensor, teacher_labels: torch.T
     out = torch.full_like(student_labels, IGNORE)
     if b.numel():
         with torch.no_grad():
-            flat, idx = teacher_out.row_index(b, tp)  # the teacher rows of the pairs, read block by block
-            step = rows_for(flat.size(-1))
-            arg = torch.cat([flat[idx[k:k + step]].argmax(-1) for k in range(0, idx.numel(), step)])
+            arg = rows_argmax(*teacher_out.row_index(b, tp))  # the teacher rows of the pairs
         out[b, sp] = label_map.to(dev)[arg]
     return out
 
