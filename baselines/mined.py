@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from dwakd.align.responses import aligned_positions, aligned_tensors, response_mask, sample_pairs, tokens_of
 from dwakd.align.tokens import VOCAB_MAP_RULES, dtw_align, invert_vocab_map, one_to_one
 from dwakd.losses.chunked import BLOCK_TENSORS, rows_for, rowwise
-from dwakd.losses.divergences import kl_from_logprobs
+from dwakd.losses.divergences import at_least_fp32, kl_from_logprobs
 from dwakd.methods.base import Method, check_kd, require_teacher, require_tokenizers
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
@@ -170,13 +170,13 @@ def _ce_kd_rows(s: torch.Tensor, gold: torch.Tensor, teacher_row: torch.Tensor, 
     each student row, −1 for none; s2t [V_s] student id → teacher id (−1: unmapped). An aligned row's KD term is
     ``KL(softmax(z̃ / τ) ‖ softmax(z_s / τ))`` with ``z̃ = z_t[s2t]`` (−1e5 where unmapped; the target detached),
     ``kl_from_logprobs``; any other row's is ``CE(z_s / τ, y)``. Row-separable: for ``rowwise``."""
-    ce = F.cross_entropy(s.float(), gold, reduction="none")
+    ce = F.cross_entropy(at_least_fp32(s), gold, reduction="none")
     aligned = teacher_row >= 0
     al, other = aligned.nonzero().squeeze(1), (~aligned).nonzero().squeeze(1)
-    kd = F.cross_entropy(s[other].float() / temperature, gold[other], reduction="none")
+    kd = F.cross_entropy(at_least_fp32(s[other]) / temperature, gold[other], reduction="none")
     if al.numel():
         with torch.no_grad():  # the target: the teacher rows gathered straight into the student vocabulary
-            gathered = t_flat[teacher_row[al].unsqueeze(1), s2t.clamp_min(0).unsqueeze(0)].float()
+            gathered = at_least_fp32(t_flat[teacher_row[al].unsqueeze(1), s2t.clamp_min(0).unsqueeze(0)])
             target_logp = torch.log_softmax(gathered.masked_fill(s2t < 0, UNMAPPED) / temperature, dim=-1)
             del gathered
         kl = kl_from_logprobs(target_logp, s[al], torch.ones_like(al, dtype=torch.bool), temperature,

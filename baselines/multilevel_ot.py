@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from dwakd.align.responses import n_response_tokens, response_mask
 from dwakd.losses.chunked import block_rows, rowwise
-from dwakd.losses.divergences import token_ce
+from dwakd.losses.divergences import at_least_fp32, token_ce
 from dwakd.methods.base import Method, require_teacher
 from dwakd.registry import register
 from dwakd.settings import check_choice, check_range
@@ -98,10 +98,10 @@ class MultiLevelOTConfig:
 # ---------------------------------------------------------------------------------------------- columns
 
 def scaled_softmax(logits: torch.Tensor, temperature: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
-    """``softmax(z / ((σ(z) + eps)·τ))`` over the last dimension, in fp32: ``logits [..., V]`` divided by their
+    """``softmax(z / ((σ(z) + eps)·τ))`` over the last dimension, in fp32 (float64 kept): ``logits [..., V]`` divided by their
     unbiased standard deviation over the vocabulary (not centred), the reference's ``normalize`` then its
     temperature softmax. The result does not change when the logits are scaled (up to ``eps``) or shifted."""
-    z = logits.float()
+    z = at_least_fp32(logits)
     return torch.softmax(z / (z.std(-1, keepdim=True) + eps) / temperature, dim=-1)
 
 

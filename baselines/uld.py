@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from dwakd.align.responses import n_response_tokens, response_mask
 from dwakd.losses.chunked import block_rows, rows_for, rowwise
-from dwakd.losses.divergences import token_ce
+from dwakd.losses.divergences import at_least_fp32, token_ce
 from dwakd.methods.base import Method, check_kd, require_teacher
 from dwakd.registry import register
 from dwakd.settings import check_choice
@@ -71,12 +71,12 @@ class ULDConfig:
 def sorted_probs(logits: torch.Tensor, temperature: float, width: int) -> torch.Tensor:
     """``softmax(logits/τ)`` [N, V] sorted in descending order, zero-padded on the right to ``width`` (the
     reference form of the distance; ``uld_distance`` computes the same without the padding)."""
-    p = torch.softmax(logits.float() / temperature, dim=-1).sort(dim=-1, descending=True).values
+    p = torch.softmax(at_least_fp32(logits) / temperature, dim=-1).sort(dim=-1, descending=True).values
     return F.pad(p, (0, width - p.size(-1))) if width > p.size(-1) else p
 
 
 def _sorted(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.softmax(logits.float() / temperature, dim=-1).sort(dim=-1, descending=True).values
+    return torch.softmax(at_least_fp32(logits) / temperature, dim=-1).sort(dim=-1, descending=True).values
 
 
 def teacher_sorted_head(teacher_logits: torch.Tensor, index: torch.Tensor | None, k: int, temperature: float

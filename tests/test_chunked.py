@@ -147,18 +147,23 @@ def test_chunked_token_ce_and_head_ce_equal_cross_entropy():
     logits = _logits(3, 6, 10, seed=13).requires_grad_(True)
     labels = torch.randint(0, 10, (3, 6), generator=torch.Generator().manual_seed(0))
     labels[0, :3] = labels[2, 4:] = -100
-    ref = token_ce(logits, labels, chunk_rows=None)  # fp32 inside, whatever the input dtype
+    ref = token_ce(logits, labels, chunk_rows=None)
     got = token_ce(logits, labels, chunk_rows=2)
-    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    assert got.dtype == ref.dtype == D  # float64 in, float64 arithmetic (at_least_fp32)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     for a, b in zip(torch.autograd.grad(ref, logits), torch.autograd.grad(got, logits)):
-        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
     h = _logits(7, 4, seed=14, scale=1.0).requires_grad_(True)
     w = _logits(10, 4, seed=15, scale=1.0)
     y = torch.tensor([1, 2, 3, -100, 9, 0, 4])
-    ref = F.cross_entropy((h @ w.T).float(), y, reduction="sum")
+    ref = F.cross_entropy(h @ w.T, y, reduction="sum")
     got = head_ce(h, w, y, chunk_rows=3)
-    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(torch.autograd.grad(got, h)[0], torch.autograd.grad(ref, h)[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(got, h)[0], torch.autograd.grad(ref, h)[0], rtol=1e-12,
+                               atol=1e-12)
+    got32 = head_ce(h.float(), w.float(), y, chunk_rows=3)  # half or single precision: fp32 arithmetic
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_chunked_entropy():
@@ -314,13 +319,13 @@ def _mined_term_by_term(m, batch, s_out, t_out):
     rows and the one-hot CE of the other response positions, each over all its rows at once."""
     sl, z, tau, a = batch["student"]["labels"], s_out.logits, m.cfg.temperature, m.cfg.kd_rate
     b, sp, tp = aligned_tensors(batch, m.align, z.device)
-    ce = F.cross_entropy(z[:, :-1].float().reshape(-1, z.size(-1)), sl[:, 1:].reshape(-1), reduction="sum")
-    rows = t_out.logits_index(b, tp).float()[:, m.s2t.clamp_min(0)].masked_fill(m.s2t < 0, -1e5)
+    ce = F.cross_entropy(z[:, :-1].reshape(-1, z.size(-1)), sl[:, 1:].reshape(-1), reduction="sum")
+    rows = t_out.logits_index(b, tp)[:, m.s2t.clamp_min(0)].masked_fill(m.s2t < 0, -1e5)
     target = torch.log_softmax(rows / tau, dim=-1)
     kd_aligned = kl_from_logprobs(target, z[b, sp], torch.ones_like(b, dtype=torch.bool), tau)
     other = response_mask(sl)
     other[b, sp] = False
-    kd_onehot = F.cross_entropy(z[other].float() / tau, sl[:, 1:][other[:, :-1]], reduction="sum")
+    kd_onehot = F.cross_entropy(z[other] / tau, sl[:, 1:][other[:, :-1]], reduction="sum")
     return (1 - a) * ce + a * (kd_aligned + kd_onehot), ce, kd_aligned + kd_onehot
 
 
@@ -370,11 +375,12 @@ def test_mined_one_pass_equals_the_term_by_term_loss(rows, tiny_pair, dolly_smal
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", rows * width if rows else 1 << 40)
     loss, logs = m.loss(batch, s_out, t_out)
     assert 0 < logs["aligned_ratio"].item() < int((batch["student"]["labels"][:, 1:] != -100).sum())
-    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(logs["ce"], ce, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(logs["kd"], kd, rtol=1e-6, atol=1e-6)
+    assert loss.dtype == torch.float64  # float64 logits: float64 arithmetic throughout
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logs["ce"], ce, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logs["kd"], kd, rtol=1e-12, atol=1e-12)
     (g,) = torch.autograd.grad(loss, s_out.logits)
-    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("div", ["fkl", "js"])

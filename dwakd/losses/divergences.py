@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dwakd.losses.chunked import CHUNK_ELEMENTS, block_rows, rowwise
+from dwakd.losses.chunked import block_rows, rowwise
 
 IGNORE = -100
 
@@ -34,8 +34,13 @@ def _block_rows(chunk_rows: ChunkRows, n: int, width: int) -> int | None:
     return rows if rows is not None and n > rows else None
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32 for the losses' arithmetic: half precision is cast up, float64 is kept (never cast down)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), targets, reduction="none")
+    return F.cross_entropy(at_least_fp32(logits), targets, reduction="none")
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +65,7 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor, *, chunk_rows: ChunkRow
     n = int(keep.sum()) if chunk_rows is not None else 0
     rows = _block_rows(chunk_rows, n, lg.size(-1))
     if rows is None:
-        return F.cross_entropy(lg.float().reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=IGNORE,
+        return F.cross_entropy(at_least_fp32(lg).reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=IGNORE,
                                reduction="sum")
     index = response_positions(labels).flatten().nonzero().squeeze(1)  # row-major, as lg[keep]
     return rowwise(_ce_rows, [index, lb[keep]], chunk_rows=rows,
@@ -74,7 +79,7 @@ def head_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *
     dtype, as ``hidden.to(weight.dtype) @ weight.T``), ``targets [N]``. Gradients reach ``hidden`` and, if it
     requires them, ``weight``."""
     def fn(h, y, w):
-        return F.cross_entropy((h.to(w.dtype) @ w.T).float(), y, ignore_index=IGNORE, reduction="none")
+        return F.cross_entropy(at_least_fp32(h.to(w.dtype) @ w.T), y, ignore_index=IGNORE, reduction="none")
 
     rows = _block_rows(chunk_rows, hidden.size(0), weight.size(0))
     return rowwise(fn, [hidden, targets], [weight], chunk_rows=rows).sum()
@@ -83,7 +88,7 @@ def head_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-sample summed NLL [B] over response tokens (nats)."""
     lg, lb = shift(logits, labels)
-    nll = F.cross_entropy(lg.float().transpose(1, 2), lb, ignore_index=IGNORE, reduction="none")
+    nll = F.cross_entropy(at_least_fp32(lg).transpose(1, 2), lb, ignore_index=IGNORE, reduction="none")
     return nll.sum(-1)
 
 
@@ -130,7 +135,7 @@ def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: tor
 def _masked_logp(logits: torch.Tensor, keep: torch.Tensor, temperature: float) -> torch.Tensor:
     """fp32 ``log_softmax(logits / τ)`` with masked rows zeroed first (no garbage reaches the graph). One
     ``[..., V]`` copy before the log-softmax, modified in place (the values of the out-of-place formulation)."""
-    x = _finite_logp(logits.float()).masked_fill_(~keep.unsqueeze(-1), 0.0)
+    x = _finite_logp(at_least_fp32(logits)).masked_fill_(~keep.unsqueeze(-1), 0.0)
     return torch.log_softmax(x.div_(temperature), dim=-1)
 
 
@@ -244,7 +249,7 @@ def kl_from_logprobs(target_logp: torch.Tensor, student_logits: torch.Tensor, ma
     """
     _check(student_logits, target_logp, mask, temperature)
     keep = mask.bool()
-    lq = _finite_logp(target_logp.float()).masked_fill_(~keep.unsqueeze(-1), 0.0)
+    lq = _finite_logp(at_least_fp32(target_logp)).masked_fill_(~keep.unsqueeze(-1), 0.0)
     ls = _masked_logp(student_logits, keep, temperature)
     return _reduce(_kl(lq, ls), keep, reduction)
 

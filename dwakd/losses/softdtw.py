@@ -252,7 +252,6 @@ class _SoftDTW(torch.autograd.Function):
     def _backward(ctx, grad_out):
         q, off = ctx.q, ctx.off
         n, m, in_dtype, transposed, order, inv, segs, slx, sly = ctx.meta
-        b = q.shape[0]
         work, dev = q.dtype, q.device
         g = grad_out.to(work)
         if inv is not None:
@@ -278,7 +277,7 @@ class _SoftDTW(torch.autograd.Function):
         that window j pushes into (ka−2..kb) stop holding Q, so no second full-size buffer is needed.
         Windows are capped at PyTorch's intra-op grain (small buffers; single-threaded even outside _CpuMode)."""
         b, _, w1 = q.shape
-        work, dev = q.dtype, q.device
+        work = q.dtype
         floor = -1000.0 if work == torch.float64 else -120.0  # exp2() is slow below its underflow threshold
         ends = [a + c for a, c in zip(slx, sly)]  # descending
         windows = []

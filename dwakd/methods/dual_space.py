@@ -45,7 +45,7 @@ from dwakd.align.projection import shared_vocab
 from dwakd.align.responses import IGNORE, aligned_positions, eta_pairs, response_mask
 from dwakd.losses import chunked
 from dwakd.losses.chunked import rows_for, rowwise
-from dwakd.losses.divergences import head_ce, head_divergence, row_divergence, token_ce
+from dwakd.losses.divergences import at_least_fp32, head_ce, head_divergence, row_divergence, token_ce
 from dwakd.methods.base import require_teacher, require_tokenizers
 from dwakd.models import lm_head_weight, pad_id
 
@@ -106,7 +106,7 @@ def _project(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
 
 def max_prob(logits: torch.Tensor) -> torch.Tensor:
     """``max_v softmax(logits)_v`` per row ``[n]`` of ``logits [n, V]``, as ``exp(max − logsumexp)`` in fp32."""
-    z = logits.float()
+    z = at_least_fp32(logits)
     return torch.exp(z.max(-1).values - torch.logsumexp(z, -1))
 
 
@@ -259,7 +259,7 @@ def _student_ce_kd(name: str, temperature: float, logits: torch.Tensor, index: t
     per_row = row_divergence(name, temperature)
 
     def fn(s, h, y, w):
-        return torch.stack([F.cross_entropy(s.float(), y, reduction="none"), per_row(s, _project(h, w))], -1)
+        return torch.stack([F.cross_entropy(at_least_fp32(s), y, reduction="none"), per_row(s, _project(h, w))], -1)
 
     rows = rows_for(logits.size(-1), tensors=chunked.BLOCK_TENSORS)
     return rowwise(fn, [index, hidden, targets], [head], chunk_rows=rows, gather_from=logits)

@@ -100,6 +100,7 @@ from torch import nn
 from dwakd.align.cma import next_token_targets
 from dwakd.errors import ConfigError
 from dwakd.losses.chunked import block_rows, rowwise
+from dwakd.losses.divergences import at_least_fp32
 from dwakd.losses.softdtw import cosine_cost, soft_dtw
 from dwakd.methods.base import Method, check_kd
 from dwakd.methods.dual_space import CMATerms, CrossModelAttentionMixin, cma_terms_per_position, model_dims
@@ -191,7 +192,7 @@ def rescale_per_sequence(w: torch.Tensor, seq: torch.Tensor, n_seq: int) -> torc
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(at_least_fp32(logits), dim=-1)
     if torch.is_grad_enabled() and logp.requires_grad:
         return -(logp.exp() * logp).sum(-1)
     p = logp.exp()  # no gradient: p·log p in place (one [N, V] temporary fewer; the same arithmetic)

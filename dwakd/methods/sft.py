@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from dwakd.losses.divergences import token_ce
 from dwakd.methods.base import Method
 from dwakd.registry import register
