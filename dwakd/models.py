@@ -416,12 +416,23 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Activation (gradient) checkpointing of ``model``'s layers with non-reentrant ``torch.utils.checkpoint``, through
+    the name this transformers version has: ``activation_checkpointing_enable`` (5.x; ``gradient_checkpointing_enable``
+    is its deprecated alias, to be removed in 6) or ``gradient_checkpointing_enable`` (4.x)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def prepare_for_training(model: PreTrainedModel, settings: ModelSettings, where: str = "model"):
     """Set ``model`` up for training as ``settings`` say; returns the model to train (a ``PeftModel`` with LoRA).
 
     * dtype: the weights are cast to ``settings.dtype``;
     * attention: ``set_attn_implementation`` when ``settings.attn_implementation`` is given;
-    * gradient checkpointing: ``gradient_checkpointing_enable(use_reentrant=False)`` and ``use_cache=False``
+    * gradient checkpointing: ``enable_checkpointing`` (non-reentrant) and ``use_cache=False``
       (it recomputes only in ``train()`` mode, the Trainer's);
     * LoRA: ``peft.get_peft_model`` with ``LoraConfig(task_type="CAUSAL_LM")``: only the adapter has
       ``requires_grad`` (peft freezes the rest); with gradient checkpointing, ``enable_input_require_grads``
@@ -440,7 +451,7 @@ def prepare_for_training(model: PreTrainedModel, settings: ModelSettings, where:
     if settings.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise ConfigError(f"{where}.gradient_checkpointing: {type(model).__name__} does not support it")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.config.use_cache = False
     if settings.lora is not None:
         from peft import get_peft_model
