@@ -58,12 +58,12 @@ import torch
 from torch import nn
 
 from dwakd.align.projection import pinv_t2s_init, s2t_matrix, shared_vocab, teacher_head_pinv
-from dwakd.align.responses import aligned_positions, aligned_tensors, eta_pairs, sample_pairs
+from dwakd.align.responses import aligned_positions, aligned_tensors, eta_pairs, response_mask, sample_pairs
 from dwakd.align.tokens import offsets_alignment
 from dwakd.losses.chunked import BLOCK_TENSORS, rows_for
-from dwakd.losses.divergences import IGNORE, head_ce, head_divergence, token_ce
+from dwakd.losses.divergences import IGNORE, head_ce, head_divergence
 from dwakd.methods.base import Method, check_kd, require_offsets, require_teacher, require_tokenizers
-from dwakd.methods.dual_space import rows_argmax, student_kd, t2s_scan
+from dwakd.methods.dual_space import rows_argmax, student_ce_kd, student_kd, t2s_scan
 from dwakd.models import lm_head_weight
 from dwakd.registry import register
 from dwakd.settings import check_choice
@@ -162,14 +162,18 @@ class DSKDETA(Method):
         return 1.0 - self.cfg.kd_rate
 
     def loss(self, batch, student_out, teacher_out):
-        ce = token_ce(student_out.logits, batch["student"]["labels"],
-                      chunk_rows=rows_for(student_out.logits.size(-1), tensors=BLOCK_TENSORS))
-        kd, logs = self.kd_loss(batch, student_out, teacher_out)
+        ce, kd, logs = self._terms(batch, student_out, teacher_out, with_ce=True)
         return (1.0 - self.cfg.kd_rate) * ce + kd, {"ce": ce.detach(), **logs}
 
     def kd_loss(self, batch, student_out, teacher_out):
         """α·(L_ce_t2s + L_kd_stu + L_kd_tea) and its logs (``Method.kd_loss``); the same on the student's samples
         as on gold responses (the labels are the teacher's argmax either way, as in DSKD v2's on-policy ETA)."""
+        _, kd, logs = self._terms(batch, student_out, teacher_out, with_ce=False)
+        return kd, logs
+
+    def _terms(self, batch, student_out, teacher_out, with_ce: bool):
+        """``(CE or None, α·(L_ce_t2s + L_kd_stu + L_kd_tea), logs)``. With the CE, the CE and L_kd_stu read the
+        student's response rows in one pass (``student_ce_kd``: one gradient buffer of the logits' shape for both)."""
         cfg = self.cfg
         student, teacher = self._models
         dev = student_out.logits.device
@@ -191,15 +195,31 @@ class DSKDETA(Method):
         y_hat = self.label_map.to(dev)[rows_argmax(t_flat, t_idx).to(dev)]
         ce_t2s = head_ce(h_t2s, w_s, y_hat, chunk_rows=rows_s)
         agree, _ = t2s_scan(h_t2s.detach(), w_s, y_hat, False)  # argmax z_t2s = ŷ: never where ŷ = −100
-        kd_stu = student_kd(cfg.divergence, cfg.temperature, s_flat, s_idx[agree], h_t2s.detach()[agree],
-                            w_s).sum()
+        ce = None
+        if with_ce:  # over every response row, L_kd_stu at the agreeing pairs' rows (a pair per student row)
+            labels = batch["student"]["labels"]
+            resp = response_mask(labels)
+            r_idx = resp.flatten().nonzero().squeeze(1)  # the response rows in s_flat, row-major
+            row_of = torch.full((s_flat.size(0),), -1, dtype=torch.long, device=dev)
+            row_of[r_idx] = torch.arange(r_idx.numel(), device=dev)
+            at = row_of[s_idx[agree]]
+            h_rows = h_t2s.new_zeros(r_idx.numel(), h_t2s.size(1))
+            h_rows[at] = h_t2s.detach()[agree]
+            kd_rows = torch.zeros(r_idx.numel(), dtype=torch.bool, device=dev)
+            kd_rows[at] = True
+            both = student_ce_kd(cfg.divergence, cfg.temperature, s_flat, r_idx, h_rows, w_s,
+                                 labels[:, 1:][resp[:, :-1]], kd_rows=kd_rows)
+            ce, kd_stu = both[:, 0].sum(), both[:, 1].sum()
+        else:
+            kd_stu = student_kd(cfg.divergence, cfg.temperature, s_flat, s_idx[agree], h_t2s.detach()[agree],
+                                w_s).sum()
 
         # teacher space: z_s2t = (h_s M_s2t) · W_tᵀ formed block by block
         m_s2t = s2t_matrix(w_s, self.overlap_student, self.teacher_pinv)  # [d_s, d_t]
         kd_tea = head_divergence(cfg.divergence, h_s.float() @ m_s2t, w_t, t_flat, cfg.temperature,
                                  teacher_index=t_idx, chunk_rows=rows_t)
 
-        return cfg.kd_rate * (ce_t2s + kd_stu + kd_tea), {
+        return ce, cfg.kd_rate * (ce_t2s + kd_stu + kd_tea), {
             "ce_t2s": ce_t2s.detach(), "kd_stu": kd_stu.detach(), "kd_tea": kd_tea.detach(),
             "aligned_ratio": torch.tensor(float(b.numel()), device=dev), "t2s_agree": agree.sum().float()}
 

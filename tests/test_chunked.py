@@ -409,7 +409,7 @@ def test_eta_blockwise_student_space_equals_the_whole_z_t2s(div, tiny_pair, doll
                 t_out.logits[b[k], tp[k], to_teacher[int(z_arg[k])]] = t_out.logits[b[k], tp[k]].max() + 5.0
     ref, ref_logs = _eta_whole_student_space(m, batch, s_out, t_out)
     wrt = (s_out.logits, s_out.hidden, m.t2s.weight)
-    g_ref = torch.autograd.grad(ref, wrt)
+    g_ref = torch.autograd.grad(ref, wrt, retain_graph=True)
     assert 0 < ref_logs["t2s_agree"].item() < b.numel()
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 3 * len(ttok))
     kd, logs = m.kd_loss(batch, s_out, t_out)
@@ -417,6 +417,16 @@ def test_eta_blockwise_student_space_equals_the_whole_z_t2s(div, tiny_pair, doll
     for k, v in ref_logs.items():
         torch.testing.assert_close(logs[k], v.to(logs[k].dtype), rtol=1e-5, atol=1e-5)
     for a, g in zip(g_ref, torch.autograd.grad(kd, wrt)):
+        torch.testing.assert_close(g, a.to(g.dtype), rtol=1e-4, atol=1e-6)
+    # the whole loss: the CE and L_kd_stu in one pass over the response rows = token_ce + the KD part above
+    ce_ref = token_ce(s_out.logits, batch["student"]["labels"], chunk_rows=None)
+    full_ref = (1.0 - m.cfg.kd_rate) * ce_ref + ref
+    loss, logs = m.loss(batch, s_out, t_out)
+    torch.testing.assert_close(logs["ce"], ce_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss, full_ref, rtol=1e-5, atol=1e-5)
+    for k, v in ref_logs.items():
+        torch.testing.assert_close(logs[k], v.to(logs[k].dtype), rtol=1e-5, atol=1e-5)
+    for a, g in zip(torch.autograd.grad(full_ref, wrt), torch.autograd.grad(loss, wrt)):
         torch.testing.assert_close(g, a.to(g.dtype), rtol=1e-4, atol=1e-6)
 
 

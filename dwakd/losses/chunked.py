@@ -40,6 +40,10 @@ CHUNK_ELEMENTS = 1 << 24
 #: entries in all (MinED, DSKD-ETA)
 BLOCK_TENSORS = 12
 
+#: the same for the no-gradient scans over rows (argmax, max-probability, entropy): the block's rows or logits and
+#: up to two temporaries of their size (``exp``, ``p·log p``)
+SCAN_TENSORS = 3
+
 
 def rows_for(width: int, elements: int | None = None, *, tensors: int = 1) -> int:
     """Rows per block so that ``tensors`` tensors of ``[rows, width]`` hold about ``elements`` (default

@@ -50,8 +50,8 @@ from dwakd.methods.base import require_teacher, require_tokenizers
 from dwakd.models import lm_head_weight, pad_id
 
 __all__ = ["CMATerms", "CrossModelAttentionMixin", "cma_terms", "cma_terms_per_position", "model_dims",
-           "max_prob", "rows_argmax", "student_kd", "student_logits_at", "t2s_scan", "teacher_argmax_targets",
-           "teacher_label_map"]
+           "max_prob", "rows_argmax", "student_ce_kd", "student_kd", "student_logits_at", "t2s_scan",
+           "teacher_argmax_targets", "teacher_label_map"]
 
 
 @dataclass
@@ -112,8 +112,8 @@ def max_prob(logits: torch.Tensor) -> torch.Tensor:
 
 def rows_argmax(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``flat[index].argmax(-1)`` ``[n]`` (``flat [M, V]``, ``index [n]`` long), the rows gathered in blocks of
-    ``rows_for(V)`` (no gradient; no ``[n, V]`` copy of the rows)."""
-    rows = rows_for(flat.size(-1))
+    ``rows_for(V, tensors=SCAN_TENSORS)`` (no gradient; no ``[n, V]`` copy of the rows)."""
+    rows = rows_for(flat.size(-1), tensors=chunked.SCAN_TENSORS)
     with torch.no_grad():
         return torch.cat([torch.zeros(0, dtype=torch.long, device=flat.device)]
                          + [flat[index[a:a + rows]].argmax(-1) for a in range(0, index.numel(), rows)])
@@ -122,9 +122,9 @@ def rows_argmax(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def t2s_scan(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor | None, confidence: bool
               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(acc [n] bool, conf [n] fp32)``: ``argmax z = targets`` (None without targets) and ``max_prob(z)`` (None
-    unless ``confidence``) of ``z = hidden · headᵀ``, formed in blocks of ``rows_for(V)`` rows (no gradient; no
+    unless ``confidence``) of ``z = hidden · headᵀ``, formed in blocks of ``rows_for(V, tensors=SCAN_TENSORS)`` rows (no gradient; no
     ``[n, V]`` tensor of all the rows)."""
-    rows = rows_for(head.size(0))
+    rows = rows_for(head.size(0), tensors=chunked.SCAN_TENSORS)
     acc = [torch.zeros(0, dtype=torch.bool, device=hidden.device)]
     conf = [torch.zeros(0, dtype=torch.float32, device=hidden.device)]
     with torch.no_grad():
@@ -203,14 +203,14 @@ def cma_terms_per_position(cma: CrossModelAttention, student, teacher, student_p
     ``confidence``: also ``t2s_conf``, ``max_v p_t2s(v | i)`` (taken in the same blocks as the accuracy).
 
     The CE and L_kd_stu read the same rows (the student's response positions): one pass over them gives both
-    (``_student_ce_kd``), so that their gradients meet in one buffer of the logits' shape."""
+    (``student_ce_kd``), so that their gradients meet in one buffer of the logits' shape."""
     f, h_s2t, w_t = _attend(cma, student, teacher, student_pad, teacher_pad, batch, student_out, teacher_out,
                             return_attention, targets, False, confidence)  # the CE: below, with L_kd_stu
     acc = f["acc"]
     kd_args = (f["student_logits"], f["student_index"], f["t2s_hidden"], f["student_head"])
     if with_ce:
         y = next_token_targets(batch["student"]["labels"], student_pad)[f["student_mask"]]
-        both = _student_ce_kd(divergence_name, temperature, *kd_args, y)
+        both = student_ce_kd(divergence_name, temperature, *kd_args, y)
         f["ce"], stu_pos = both[:, 0].sum(), both[:, 1]
     else:
         stu_pos = student_kd(divergence_name, temperature, *kd_args)
@@ -250,19 +250,28 @@ def student_kd(name: str, temperature: float, logits: torch.Tensor, index: torch
     return rowwise(fn, [index, hidden], [head], chunk_rows=rows, gather_from=logits)
 
 
-def _student_ce_kd(name: str, temperature: float, logits: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor,
-                   head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def student_ce_kd(name: str, temperature: float, logits: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor,
+                  head: torch.Tensor, targets: torch.Tensor, kd_rows: torch.Tensor | None = None) -> torch.Tensor:
     """``[n, 2]``: per row, ``CE(logits[index[n]], targets[n])`` (fp32, no temperature: ``token_ce``'s per-row
     value) and ``student_kd``'s divergence, in one pass over the gathered rows (the blocks of ``student_kd``):
     the two terms' gradients are summed inside each block into one buffer of ``logits``' shape, instead of one
-    buffer each (and ``token_ce``'s own ``[rows, V]`` blocks)."""
+    buffer each (and ``token_ce``'s own ``[rows, V]`` blocks). ``kd_rows [n]`` bool: the divergence at these rows
+    only, 0 elsewhere (not evaluated; ``hidden`` is not read there), e.g. DSKD-ETA's agreeing pairs."""
     per_row = row_divergence(name, temperature)
 
     def fn(s, h, y, w):
         return torch.stack([F.cross_entropy(at_least_fp32(s), y, reduction="none"), per_row(s, _project(h, w))], -1)
 
+    def fn_masked(s, h, y, m, w):
+        ce = F.cross_entropy(at_least_fp32(s), y, reduction="none")
+        at = m.nonzero().squeeze(1)
+        kd = ce.new_zeros(ce.shape).index_put((at,), per_row(s[at], _project(h[at], w)))
+        return torch.stack([ce, kd], -1)
+
     rows = rows_for(logits.size(-1), tensors=chunked.BLOCK_TENSORS)
-    return rowwise(fn, [index, hidden, targets], [head], chunk_rows=rows, gather_from=logits)
+    if kd_rows is None:
+        return rowwise(fn, [index, hidden, targets], [head], chunk_rows=rows, gather_from=logits)
+    return rowwise(fn_masked, [index, hidden, targets, kd_rows.bool()], [head], chunk_rows=rows, gather_from=logits)
 
 
 def model_dims(student, teacher) -> tuple[int, int]:
