@@ -12,7 +12,10 @@ real token strings to align. The step runs through the suite's own code: ``Train
 
 Each method runs in its own child process (``--child``). Memory: on CPU the peak resident set size (``VmHWM``,
 reset through ``/proc/self/clear_refs`` before each phase) above the resident size once the models, the method and
-the batch are loaded; on CUDA ``torch.cuda.max_memory_allocated`` above the allocated memory at that point.
+the batch are loaded, with glibc told to map every allocation of ``--mmap-threshold`` bytes or more on its own
+(``MALLOC_MMAP_THRESHOLD_``), so that a freed tensor leaves the resident set at once and the peak follows the live
+tensors, as CUDA's counter does (glibc's default keeps freed blocks of up to 32 MiB for reuse: on this benchmark
+about 0.4–1 GiB more at the peak, more for the methods that work in many blocks); on CUDA ``torch.cuda.max_memory_allocated`` above the allocated memory at that point.
 Reported: the step's peak above the loaded models (forward, loss, backward) and the loss side's peak (loss +
 backward) above the memory held after the forward passes; time: loss + backward (min over ``--repeat``), forward
 excluded. Ratios are to DSKD-CMA. ``--code DIR`` imports ``dwakd`` and ``baselines`` from another checkout (e.g.
@@ -124,7 +127,12 @@ def child(args) -> dict:
     teacher = teacher.to(device).requires_grad_(False).eval()
     student = student.to(device).train()
     if args.grad_ckpt:  # the paper profile's student setting (config/config.yaml, pair qwen1.5-1.8b_gpt2-120m)
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            from dwakd.models import enable_checkpointing
+        except ImportError:  # a checkout from before it (``--code``)
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            enable_checkpointing(student)
     stok = load_tokenizer(ASSETS / "mini" / "student")
     ttok = load_tokenizer(ASSETS / "mini" / "teacher")
     cls = get_method(args.child)
@@ -194,6 +202,7 @@ def child(args) -> dict:
             "all_s": [round(t, 4) for t in times[k]], "step_peak_gib": round(step_peak / gib, 3),
             "loss_peak_gib": round(max(loss_peaks[k]) / gib, 3), "after_forward_gib": round(max(held[k]) / gib, 3),
             "models_gib": round(base / gib, 3) if base else None,
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
             "teacher": {k2: v for k2, v in t_kw.items() if k2 in ("vocab_size", "hidden_size", "num_hidden_layers")},
             "student": {k2: v for k2, v in s_kw.items() if k2 in ("vocab_size", "n_embd", "n_layer")}, **info}
 
@@ -214,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--code", default=None, help="import dwakd and baselines from this checkout instead")
+    ap.add_argument("--mmap-threshold", type=int, default=128 * 1024, help="CPU: MALLOC_MMAP_THRESHOLD_ of the "
+                    "children, in bytes (0: glibc's default, which keeps freed blocks resident)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
@@ -231,11 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     common += [f"--teacher-layers={args.teacher_layers}"] if args.teacher_layers else []
     common += [f"--student-layers={args.student_layers}"] if args.student_layers else []
     common += [f"--code={args.code}"] if args.code else []
+    env = dict(os.environ)
+    if args.mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for m in args.methods:  # one process per method: peaks do not mix
             out = Path(tmp) / f"{m}.json"
-            subprocess.run([sys.executable, __file__, *common, f"--child={m}", f"--child-out={out}"], check=True)
+            subprocess.run([sys.executable, __file__, *common, f"--child={m}", f"--child-out={out}"], check=True,
+                           env=env)
             rows.append(json.loads(out.read_text()))
             print(f"{m}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     ref = next((r for r in rows if r["method"] == "dskd_cma"), None)
@@ -252,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r['loss_backward_s']:.2f} | {fmt(r['time_vs_cma'])} |")
     if args.out:
         meta = {"batch": args.batch, "seq": args.seq, "small": args.small, "teacher_layers": args.teacher_layers,
-                "student_layers": args.student_layers, "grad_ckpt": args.grad_ckpt, "dtype": args.dtype, "threads": args.threads,
-                "code": args.code or str(ROOT), "date": time.strftime("%Y-%m-%d")}
+                "student_layers": args.student_layers, "grad_ckpt": args.grad_ckpt, "dtype": args.dtype,
+                "threads": args.threads, "mmap_threshold": args.mmap_threshold, "code": args.code or str(ROOT),
+                "date": time.strftime("%Y-%m-%d")}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     return 0

@@ -60,6 +60,7 @@ def test_paper_shapes_runs_each_method_in_its_own_process_relative_to_dskd_cma(t
     for r in rows.values():
         assert r["loss_backward_s"] > 0 and r["step_peak_gib"] >= 0 and r["loss_peak_gib"] >= 0
         assert r["code"] == str(ROOT)  # this checkout's code (``--code`` points elsewhere)
+        assert r["malloc_mmap_threshold"] == str(128 * 1024)  # the children map their large blocks on their own
 
 
 def _eval_json(scores: "np.ndarray") -> dict:
