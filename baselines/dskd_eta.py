@@ -196,7 +196,7 @@ class DSKDETA(Method):
         ce_t2s = head_ce(h_t2s, w_s, y_hat, chunk_rows=rows_s)
         agree, _ = t2s_scan(h_t2s.detach(), w_s, y_hat, False)  # argmax z_t2s = ŷ: never where ŷ = −100
         ce = None
-        if with_ce:  # over every response row, L_kd_stu at the agreeing pairs' rows (a pair per student row)
+        if with_ce:  # over every response row, L_kd_stu at the agreeing pairs' rows (the alignments are one-to-one)
             labels = batch["student"]["labels"]
             resp = response_mask(labels)
             r_idx = resp.flatten().nonzero().squeeze(1)  # the response rows in s_flat, row-major

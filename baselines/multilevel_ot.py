@@ -98,9 +98,9 @@ class MultiLevelOTConfig:
 # ---------------------------------------------------------------------------------------------- columns
 
 def scaled_softmax(logits: torch.Tensor, temperature: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
-    """``softmax(z / ((σ(z) + eps)·τ))`` over the last dimension, in fp32 (float64 kept): ``logits [..., V]`` divided by their
-    unbiased standard deviation over the vocabulary (not centred), the reference's ``normalize`` then its
-    temperature softmax. The result does not change when the logits are scaled (up to ``eps``) or shifted."""
+    """``softmax(z / ((σ(z) + eps)·τ))`` over the last dimension, in fp32 (float64 kept): ``logits [..., V]``
+    divided by their unbiased standard deviation over the vocabulary (not centred), the reference's ``normalize``
+    then its temperature softmax. The result does not change when the logits are scaled (up to ``eps``) or shifted."""
     z = at_least_fp32(logits)
     return torch.softmax(z / (z.std(-1, keepdim=True) + eps) / temperature, dim=-1)
 

@@ -296,8 +296,8 @@ def case64(tiny_pair, dolly_small, tmp_path_factory):
 @pytest.mark.parametrize("name", ["dskd_cma", "dwakd"])
 def test_student_rows_read_in_place_equal_the_copied_rows_in_value_and_gradient(name, case64, monkeypatch):
     """The memory-saving paths of the CMA terms (issue 18) against the formulation they replace, in float64
-    (the losses keep float64: ``at_least_fp32``), in small blocks: L_kd_stu read from the student's logits block by block (``cma_terms``: the accurate rows only;
-    ``cma_terms_per_position``: every row, in one pass with the CE), with z_t2s formed per block = ``divergence``
+    (the losses keep float64: ``at_least_fp32``), in small blocks: L_kd_stu read from the student's logits block
+    by block (``cma_terms``: the accurate rows only; ``cma_terms_per_position``: every row, in one pass with the CE), with z_t2s formed per block = ``divergence``
     on the copied rows ``logits[mask]`` and the whole z_t2s, plus ``token_ce``; DWA-KD's entropies through the
     index and its gate block by block = the whole-tensor formulas."""
     make, batch, s_out, t_out = case64

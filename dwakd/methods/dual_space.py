@@ -122,8 +122,8 @@ def rows_argmax(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def t2s_scan(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor | None, confidence: bool
               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(acc [n] bool, conf [n] fp32)``: ``argmax z = targets`` (None without targets) and ``max_prob(z)`` (None
-    unless ``confidence``) of ``z = hidden · headᵀ``, formed in blocks of ``rows_for(V, tensors=SCAN_TENSORS)`` rows (no gradient; no
-    ``[n, V]`` tensor of all the rows)."""
+    unless ``confidence``) of ``z = hidden · headᵀ``, formed in blocks of ``rows_for(V, tensors=SCAN_TENSORS)``
+    rows (no gradient; no ``[n, V]`` tensor of all the rows)."""
     rows = rows_for(head.size(0), tensors=chunked.SCAN_TENSORS)
     acc = [torch.zeros(0, dtype=torch.bool, device=hidden.device)]
     conf = [torch.zeros(0, dtype=torch.float32, device=hidden.device)]
