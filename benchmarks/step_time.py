@@ -22,7 +22,6 @@ Prints a Markdown table and writes JSON with ``--out``. Not a test: nothing is a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
