@@ -181,13 +181,13 @@ class DSKDETA(Method):
         w_s = lm_head_weight(student).detach()
         w_t = lm_head_weight(teacher).detach()
 
-        v_s, v_t = w_s.size(0), w_t.size(0)
+        v_s = w_s.size(0)
         s_flat = student_out.logits.reshape(-1, student_out.logits.size(-1))  # read block by block, never copied
         s_idx = b * student_out.logits.size(1) + sp  # the student rows of the pairs in s_flat
         t_flat, t_idx = teacher_out.row_index(b, tp)  # the teacher rows of the pairs, read block by block
         h_s = student_out.hidden[b, sp]  # [N, d_s]
         h_t = teacher_out.hidden[b, tp].detach()  # [N, d_t]
-        rows_s, rows_t = rows_for(v_s, tensors=BLOCK_TENSORS), rows_for(v_t, tensors=BLOCK_TENSORS)  # per block
+        rows_s = rows_for(v_s, tensors=BLOCK_TENSORS)  # L_ce_t2s's blocks
 
         # student space: z_t2s = h_t2s · W_sᵀ [N, V_s] is formed block by block only (its argmax; L_ce_t2s; the
         # agreeing rows of L_kd_stu), never whole
@@ -214,10 +214,11 @@ class DSKDETA(Method):
             kd_stu = student_kd(cfg.divergence, cfg.temperature, s_flat, s_idx[agree], h_t2s.detach()[agree],
                                 w_s).sum()
 
-        # teacher space: z_s2t = (h_s M_s2t) · W_tᵀ formed block by block
+        # teacher space: z_s2t = (h_s M_s2t) · W_tᵀ formed block by block, in DSKD-CMA's L_kd_tea blocks ("auto": a
+        # block reads W_t once; smaller blocks cost time, not peak memory: benchmarks/README.md, issue 18)
         m_s2t = s2t_matrix(w_s, self.overlap_student, self.teacher_pinv)  # [d_s, d_t]
         kd_tea = head_divergence(cfg.divergence, h_s.float() @ m_s2t, w_t, t_flat, cfg.temperature,
-                                 teacher_index=t_idx, chunk_rows=rows_t)
+                                 teacher_index=t_idx)
 
         return ce, cfg.kd_rate * (ce_t2s + kd_stu + kd_tea), {
             "ce_t2s": ce_t2s.detach(), "kd_stu": kd_stu.detach(), "kd_tea": kd_tea.detach(),
