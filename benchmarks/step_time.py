@@ -10,10 +10,14 @@ child process that loads the pair and takes two steps of that run alone (``os.wa
 child that only loads the student (so the figure is the teacher's weights, if any, plus the step's memory).
 A run that trains on-policy (``train.on_policy_ratio`` > 0) takes the step of an on-policy micro-batch: the
 student samples responses to the batch's prompts (seed 0; the run's sampling settings), the CE reads the batch,
-the KD part the samples; the time includes the sampling.
+the KD part the samples; the time includes the sampling. ``--uncached-pairs`` also times every run whose method
+caches its token alignments with the data (``Method.token_pairs``: MinED, DSKD-ETA) as a second row
+``<run>:per_step_pairs`` whose batch lacks them, so that the alignment is computed at every step as it was before
+the cache (issue 18).
 
     python benchmarks/step_time.py                       # every run in config `runs:`, 2 threads
     python benchmarks/step_time.py --runs sft dskd_cma --threads 1 --repeat 5
+    python benchmarks/step_time.py --runs mined dskd_eta --uncached-pairs --no-memory   # the alignment cache
     python benchmarks/step_time.py --profile tiny --models results/tiny/tiny/models   # any prepared pair
 
 Prints a Markdown table and writes JSON with ``--out``. Not a test: nothing is asserted.
@@ -122,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-memory", action="store_true", help="skip the CPU memory children")
+    ap.add_argument("--uncached-pairs", action="store_true", help="also time each run that caches its token "
+                    "alignments with them computed at every step (row <run>:per_step_pairs)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # child mode: "" = load only
     args = ap.parse_args(argv)
@@ -159,8 +165,14 @@ def main(argv: list[str] | None = None) -> int:
             mem[r] = child_peak_rss_mb([*common, f"--memory-of={r}"]) - load_only
 
     benches = {r: Bench(cfg, r, root, records, device) for r in runs}
+    if args.uncached_pairs:
+        for r in runs:
+            if "pairs" in benches[r].batch:
+                b = Bench(cfg, r, root, records, device)
+                del b.batch["pairs"]  # aligned_tensors then aligns the tokens at every step
+                benches[f"{r}:per_step_pairs"] = b
     n_tokens = int(benches["sft"].batch["student"]["attention_mask"].sum())
-    times: dict[str, list[float]] = {r: [] for r in runs}
+    times: dict[str, list[float]] = {r: [] for r in benches}
     for i in range(args.warmup + args.repeat):
         for r, b in benches.items():
             dt = b.step()
@@ -174,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             mem[r] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     del benches
     best = {r: min(v) for r, v in times.items()}
-    rows = [{"run": r, "method": cfg["runs"][r]["method"], "step_s": round(best[r], 4),
+    rows = [{"run": r, "method": cfg["runs"][r.split(":")[0]]["method"], "step_s": round(best[r], 4),
              "vs_sft": round(best[r] / best["sft"], 2), "peak_mem_mb": None if mem.get(r) is None else round(mem[r], 1),
              "mem_vs_sft": None if not mem.get("sft") or mem.get(r) is None else round(mem[r] / mem["sft"], 2),
              "all_s": [round(t, 4) for t in v]} for r, v in times.items()]

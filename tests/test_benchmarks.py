@@ -22,14 +22,16 @@ def test_step_time_reports_every_run_relative_to_sft(tiny_pair, tmp_path):
     out = tmp_path / "steps.json"
     rc = _load("step_time").main(["--profile", "tiny", "--models", str(tiny_pair), "--runs", "dskd_cma", "mined",
                                   "--batch", "4", "--threads", "1", "--warmup", "0", "--repeat", "2",
-                                  "--out", str(out)])
+                                  "--uncached-pairs", "--out", str(out)])
     assert rc == 0
     rows = {r["run"]: r for r in json.loads(out.read_text())["rows"]}
-    assert list(rows) == ["sft", "dskd_cma", "mined"]  # SFT is always measured: it is the baseline
+    # SFT is always measured (the baseline); MinED caches its alignments, so it also runs without the cache
+    assert list(rows) == ["sft", "dskd_cma", "mined", "mined:per_step_pairs"]
+    assert rows["mined:per_step_pairs"]["method"] == "mined" and rows["mined:per_step_pairs"]["peak_mem_mb"] is None
     assert rows["sft"]["vs_sft"] == 1.0
     for r in rows.values():
         assert len(r["all_s"]) == 2 and r["step_s"] == min(r["all_s"]) > 0
-        assert r["peak_mem_mb"] is not None  # CPU: from a child process per run
+        assert (r["peak_mem_mb"] is None) == r["run"].endswith(":per_step_pairs")  # CPU: a child per configured run
 
 
 def test_workflow_times_step_summary_reads_the_training_logs(tmp_path):
