@@ -34,6 +34,22 @@ def test_step_time_reports_every_run_relative_to_sft(tiny_pair, tmp_path):
         assert (r["peak_mem_mb"] is None) == r["run"].endswith(":per_step_pairs")  # CPU: a child per configured run
 
 
+def test_alignment_cache_times_both_ways_and_checks_the_pairs(tiny_pair, tmp_path):
+    out = tmp_path / "align.json"
+    rc = _load("alignment_cache").main(["--profile", "tiny", "--models", str(tiny_pair), "--batch", "4",
+                                        "--threads", "1", "--repeat", "1", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["run"]) for r in rows] == [(b, m) for b in ("4 Dolly training records",
+                                                                         "4 × 512 (paper_shapes)")
+                                                      for m in ("mined", "dskd_eta")]
+    for r in rows:
+        assert r["pairs"] > 0 and r["per_step_ms"] > 0 and r["cached_ms"] > 0
+    with pytest.raises(SystemExit, match="dskd_cma.*caches no token alignments"):
+        _load("alignment_cache").main(["--profile", "tiny", "--models", str(tiny_pair), "--runs", "dskd_cma",
+                                       "--repeat", "1"])
+
+
 def test_workflow_times_step_summary_reads_the_training_logs(tmp_path):
     for run, times in {"sft": [1.0, 2.0, 3.0], "uld": [4.0, 5.0, 6.0, 100.0]}.items():
         d = tmp_path / "runs" / run
