@@ -120,7 +120,7 @@ def rows_argmax(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def t2s_scan(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor | None, confidence: bool
-              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(acc [n] bool, conf [n] fp32)``: ``argmax z = targets`` (None without targets) and ``max_prob(z)`` (None
     unless ``confidence``) of ``z = hidden · headᵀ``, formed in blocks of ``rows_for(V, tensors=SCAN_TENSORS)``
     rows (no gradient; no ``[n, V]`` tensor of all the rows)."""
@@ -189,7 +189,7 @@ def cma_terms(cma: CrossModelAttention, student, teacher, student_pad: int, teac
                             return_attention, targets, with_ce)
     acc = f["acc"]
     kd_stu = student_kd(divergence_name, temperature, f["student_logits"], f["student_index"][acc],
-                         f["t2s_hidden"][acc], f["student_head"]).sum()  # the accurate rows only: the others are 0
+                        f["t2s_hidden"][acc], f["student_head"]).sum()  # the accurate rows only: the others are 0
     kd_tea = head_divergence("fkl", h_s2t, w_t, f["teacher_rows"], temperature)
     return CMATerms(kd_stu=kd_stu, kd_tea=kd_tea, **f)
 
@@ -233,7 +233,7 @@ def student_logits_at(out, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def student_kd(name: str, temperature: float, logits: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor,
-                head: torch.Tensor) -> torch.Tensor:
+               head: torch.Tensor) -> torch.Tensor:
     """``D_τ(p_t2s,n ‖ softmax(logits[index[n]] / τ))`` per row ``[n]``, with the projected teacher's logits
     ``z_t2s = hidden · headᵀ`` (``hidden [n, d]``, ``head [V, d]``, both detached): in blocks of ``rows_for(V,
     tensors=BLOCK_TENSORS)`` rows (a block's recomputation with gradient holds about nine ``[rows, V]`` tensors:
