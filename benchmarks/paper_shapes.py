@@ -15,7 +15,8 @@ reset through ``/proc/self/clear_refs`` before each phase) above the resident si
 the batch are loaded, with glibc told to map every allocation of ``--mmap-threshold`` bytes or more on its own
 (``MALLOC_MMAP_THRESHOLD_``), so that a freed tensor leaves the resident set at once and the peak follows the live
 tensors, as CUDA's counter does (glibc's default keeps freed blocks of up to 32 MiB for reuse: on this benchmark
-about 0.4–1 GiB more at the peak, more for the methods that work in many blocks); on CUDA ``torch.cuda.max_memory_allocated`` above the allocated memory at that point.
+about 0.4–1 GiB more at the peak, more for the methods that work in many blocks); on CUDA
+``torch.cuda.max_memory_allocated`` above the allocated memory at that point.
 Reported: the step's peak above the loaded models (forward, loss, backward) and the loss side's peak (loss +
 backward) above the memory held after the forward passes; time: loss + backward (min over ``--repeat``), forward
 excluded. Ratios are to DSKD-CMA. ``--code DIR`` imports ``dwakd`` and ``baselines`` from another checkout (e.g.

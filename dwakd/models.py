@@ -417,9 +417,10 @@ def is_peft_model(model) -> bool:
 
 
 def enable_checkpointing(model: PreTrainedModel) -> None:
-    """Activation (gradient) checkpointing of ``model``'s layers with non-reentrant ``torch.utils.checkpoint``, through
-    the name this transformers version has: ``activation_checkpointing_enable`` (5.x; ``gradient_checkpointing_enable``
-    is its deprecated alias, to be removed in 6) or ``gradient_checkpointing_enable`` (4.x)."""
+    """Activation (gradient) checkpointing of ``model``'s layers with non-reentrant ``torch.utils.checkpoint``,
+    through the name this transformers version has: ``activation_checkpointing_enable`` (5.x;
+    ``gradient_checkpointing_enable`` is its deprecated alias, to be removed in 6) or
+    ``gradient_checkpointing_enable`` (4.x)."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

@@ -51,13 +51,14 @@ def rows_for(width: int, elements: int | None = None, *, tensors: int = 1) -> in
     return max(1, (CHUNK_ELEMENTS if elements is None else elements) // max(int(width) * int(tensors), 1))
 
 
-def block_rows(chunk_rows: int | str | None, width: int) -> int | None:
-    """Rows per block for rows of ``width`` entries: ``rows_for(width)`` for "auto", a positive integer as
-    given, None for one plain call (``rowwise`` also makes one plain call when a block holds every row)."""
+def block_rows(chunk_rows: int | str | None, width: int, *, tensors: int = 1) -> int | None:
+    """Rows per block for rows of ``width`` entries: ``rows_for(width, tensors=tensors)`` for "auto", a positive
+    integer as given, None for one plain call (``rowwise`` also makes one plain call when a block holds every
+    row)."""
     if chunk_rows is None:
         return None
     if chunk_rows == "auto":
-        return rows_for(width)
+        return rows_for(width, tensors=tensors)
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be 'auto', None or a positive integer, got {chunk_rows!r}")
     return chunk_rows

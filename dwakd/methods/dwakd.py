@@ -100,7 +100,7 @@ from torch import nn
 from dwakd.align.cma import next_token_targets
 from dwakd.errors import ConfigError
 from dwakd.losses import chunked
-from dwakd.losses.chunked import block_rows, rows_for, rowwise
+from dwakd.losses.chunked import block_rows, rowwise
 from dwakd.losses.divergences import at_least_fp32
 from dwakd.losses.softdtw import cosine_cost, soft_dtw
 from dwakd.methods.base import Method, check_kd
@@ -211,16 +211,12 @@ def entropy(logits: torch.Tensor, chunk_rows: int | str | None = "auto", index: 
         if logits.dim() != 2 or index.dim() != 1:
             raise ValueError(f"entropy: with an index, expected logits [M, V] and index [n], got "
                              f"{tuple(logits.shape)} and {tuple(index.shape)}")
-        return rowwise(_entropy, [index], chunk_rows=_entropy_rows(chunk_rows, logits), gather_from=logits)
+        rows = block_rows(chunk_rows, logits.size(-1), tensors=chunked.SCAN_TENSORS)
+        return rowwise(_entropy, [index], chunk_rows=rows, gather_from=logits)
     if logits.dim() != 2 or chunk_rows is None:
         return _entropy(logits)
-    return rowwise(_entropy, [logits], chunk_rows=_entropy_rows(chunk_rows, logits))  # rows ≥ N: one call
-
-
-def _entropy_rows(chunk_rows: int | str | None, logits: torch.Tensor) -> int | None:
-    if chunk_rows == "auto":
-        return rows_for(logits.size(-1), tensors=chunked.SCAN_TENSORS)
-    return block_rows(chunk_rows, logits.size(-1))
+    rows = block_rows(chunk_rows, logits.size(-1), tensors=chunked.SCAN_TENSORS)
+    return rowwise(_entropy, [logits], chunk_rows=rows)  # rows ≥ N: one call
 
 
 def gather_left(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
